@@ -1,0 +1,73 @@
+"""Configuration in one place: defaults, then a YAML file (``IVR_CONFIG_FILE``), then ``IVR_*`` env."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+DEFAULT_REGIONS = ("north", "east", "south", "west")
+
+
+class AsteriskSettings(BaseModel):
+    """The Asterisk instance this process runs or talks to."""
+
+    instance: str = Field("default", pattern=r"^[a-z0-9][a-z0-9_-]{0,40}$")
+    ari_port: int = Field(8088, ge=1, le=65535)
+    sip_port: int = Field(5060, ge=1, le=65535)
+    # Two ports per RTP stream (RTP + RTCP); 1000 ports ~ 250 calls with an agent leg each.
+    rtp_start: int = Field(10000, ge=1024, le=65535)
+    rtp_end: int = Field(10999, ge=1024, le=65535)
+    agents_per_region: int = Field(4, ge=0, le=200)
+    start_timeout_s: float = Field(45.0, gt=0)
+    hotline_number: str = Field("4008101111", pattern=r"^\d{3,20}$")
+    ari_app: str = Field("ivr", pattern=r"^[A-Za-z0-9_-]+$")
+
+    @model_validator(mode="after")
+    def _range_ok(self) -> AsteriskSettings:
+        if self.rtp_end - self.rtp_start < 4:
+            raise ValueError("asterisk.rtp_end must be at least rtp_start + 4")
+        return self
+
+
+class Settings(BaseSettings):
+    """Process-wide settings (env prefix ``IVR_``, nested with ``__``)."""
+
+    model_config = SettingsConfigDict(env_prefix="IVR_", env_nested_delimiter="__",
+                                      extra="forbid")
+
+    data_dir: Path = Path("var")
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8080, ge=1, le=65535)
+    log_level: str = "INFO"
+    regions: tuple[str, ...] = DEFAULT_REGIONS
+    asterisk: AsteriskSettings = Field(default_factory=AsteriskSettings)  # type: ignore[arg-type]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Precedence: explicit arguments, env, the YAML config file, defaults."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("IVR_CONFIG_FILE")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from defaults, the config file and the environment, plus ``overrides``."""
+    return Settings(**overrides)
