@@ -1,0 +1,231 @@
+"""The ``ivr`` command line: Asterisk control, the service, and SIP test phones."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from ivr.errors import IvrError
+from ivr.settings import Settings, load_settings
+
+log = logging.getLogger("ivr.cli")
+
+
+def _instance(settings: Settings) -> Any:
+    from ivr.asterisk.instance import AsteriskInstance
+    from ivr.asterisk.provision import locate_asterisk
+
+    return AsteriskInstance(locate_asterisk(), settings.asterisk.instance)
+
+
+def _print(data: dict[str, Any], as_json: bool, out: TextIO = sys.stdout) -> None:
+    if as_json:
+        out.write(json.dumps(data, ensure_ascii=False) + "\n")
+    else:
+        for key, value in data.items():
+            out.write(f"{key}: {value}\n")
+    out.flush()
+
+
+def cmd_asterisk(args: argparse.Namespace, settings: Settings) -> int:
+    """``ivr asterisk up|down|status``."""
+    instance = _instance(settings)
+    if args.action == "up":
+        started = time.monotonic()
+        instance.up(settings.asterisk, settings.regions, api_port=settings.api_port)
+        status = instance.status()
+        status["seconds"] = round(time.monotonic() - started, 2)
+        _print(status, args.json)
+        return 0
+    if args.action == "down":
+        stopped = instance.down()
+        _print({"instance": instance.name, "stopped": stopped}, args.json)
+        return 0
+    status = instance.status()
+    _print(status, args.json)
+    return 0 if status["running"] else 3
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[TextIO]:
+    """pjlib prints its start-up banner on fd 1; keep stdout clean for JSON."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    real = os.fdopen(os.dup(saved), "w", encoding="utf-8")
+    try:
+        yield real
+    finally:
+        real.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        real.close()
+
+
+def cmd_call(args: argparse.Namespace, settings: Settings) -> int:
+    """``ivr call``: place one real SIP call through the local Asterisk and report on it."""
+    from ivr.sip.phone import SipStack
+
+    instance = _instance(settings)
+    state = instance.load_state()
+    if state is None or instance.pid() is None:
+        raise IvrError(f"asterisk instance '{instance.name}' is not running; "
+                       "start it with `ivr asterisk up`")
+    pbx = f"127.0.0.1:{state.ports.sip}"
+    with _stdout_to_stderr() as out, SipStack() as stack:
+        caller = stack.caller(args.from_number, pbx)
+        call = caller.dial(args.to or state.hotline_number,
+                           record_to=Path(args.record) if args.record else None)
+        result: dict[str, Any] = {"call_id": None, "answered": False, "answered_by": None}
+        try:
+            call.wait_connected(timeout=args.answer_timeout)
+            result["answered"] = True
+            for wav in args.play or []:
+                call.play(Path(wav))
+            if args.dtmf:
+                call.send_dtmf(args.dtmf)
+            deadline = time.monotonic() + args.wait
+            while time.monotonic() < deadline and not call.ended:
+                time.sleep(0.05)
+        except IvrError as exc:
+            result["error"] = str(exc)
+        finally:
+            call.hangup()
+            with contextlib.suppress(IvrError):
+                call.wait_ended(timeout=5)
+                call.wait_released(timeout=5)
+        record = call.record
+        result.update({
+            "call_id": record.sip_call_id or None,
+            "sip_status": record.last_status,
+            "sip_reason": record.last_reason,
+            "codec": record.codec or None,
+            "dtmf_received": "".join(record.dtmf_received),
+            "recording": str(record.recording) if record.recording else None,
+            "seconds_connected": round((record.disconnected_at or time.monotonic())
+                                       - record.connected_at, 2) if record.connected_at else 0.0,
+        })
+        _print(result, args.json, out)
+    return 0 if result["answered"] else 1
+
+
+def cmd_agents(args: argparse.Namespace, settings: Settings) -> int:
+    """``ivr agents``: register simulated agent phones and answer calls until interrupted."""
+    from ivr.sip.phone import AgentOptions, SipStack
+
+    instance = _instance(settings)
+    state = instance.load_state()
+    if state is None or instance.pid() is None:
+        raise IvrError(f"asterisk instance '{instance.name}' is not running")
+    accounts = [a for a in state.agents if a.region == args.region][: args.count]
+    if not accounts:
+        raise IvrError(f"no agent accounts for region '{args.region}' "
+                       f"(regions: {', '.join(sorted({a.region for a in state.agents}))})")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    options = AgentOptions(answer_after_s=args.answer_after,
+                           record_dir=Path(args.record_dir) if args.record_dir else None,
+                           play=Path(args.play) if args.play else None)
+    with SipStack() as stack:
+        phones = [stack.agent(a.agent_id, a.password, f"127.0.0.1:{state.ports.sip}", options)
+                  for a in accounts]
+        for phone in phones:
+            phone.wait_registered()
+            print(json.dumps({"agent_id": phone.agent_id, "registered": True}), flush=True)
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        summary = {p.agent_id: len(p.calls) for p in phones}
+        print(json.dumps({"calls_answered": summary}), flush=True)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """``ivr serve``: controller + API in one process (optionally with its own Asterisk)."""
+    from ivr.service import serve
+
+    instance = _instance(settings) if args.with_asterisk else None
+    if instance is not None:
+        instance.up(settings.asterisk, settings.regions, api_port=settings.api_port)
+        log.info("asterisk up", extra={"instance": instance.name, "dir": str(instance.dir)})
+    try:
+        serve(settings)
+    finally:
+        if instance is not None:
+            instance.down()
+            log.info("asterisk down", extra={"instance": instance.name})
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ivr``."""
+    parser = argparse.ArgumentParser(prog="ivr", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    asterisk = sub.add_parser("asterisk", help="run the local Asterisk PBX")
+    asterisk.add_argument("action", choices=("up", "down", "status"))
+    asterisk.add_argument("--json", action="store_true", help="print one JSON object")
+    asterisk.set_defaults(func=cmd_asterisk)
+
+    serve = sub.add_parser("serve", help="run the controller and the REST API")
+    serve.add_argument("--with-asterisk", action="store_true",
+                       help="start the local Asterisk first and stop it on exit")
+    serve.set_defaults(func=cmd_serve)
+
+    call = sub.add_parser("call", help="place a real SIP call through the local Asterisk")
+    call.add_argument("--from", dest="from_number", required=True, help="caller number")
+    call.add_argument("--to", default=None, help="number dialled (default: the hotline)")
+    call.add_argument("--play", action="append", metavar="WAV", help="WAV to play (repeatable)")
+    call.add_argument("--dtmf", default="", help="DTMF digits to send after the WAVs")
+    call.add_argument("--wait", type=float, default=2.0, help="seconds to stay on the line")
+    call.add_argument("--answer-timeout", type=float, default=15.0)
+    call.add_argument("--record", default=None, metavar="WAV", help="record what the caller hears")
+    call.add_argument("--json", action="store_true")
+    call.set_defaults(func=cmd_call)
+
+    agents = sub.add_parser("agents", help="run simulated agent phones")
+    agents.add_argument("--region", required=True)
+    agents.add_argument("--count", type=int, default=1)
+    agents.add_argument("--answer-after", type=float, default=1.0)
+    agents.add_argument("--play", default=None, metavar="WAV", help="what the agents say")
+    agents.add_argument("--record-dir", default=None)
+    agents.set_defaults(func=cmd_agents)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ivr`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ValueError as exc:
+        print(f"ivr: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Request lines of our HTTP clients are noise at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        code: int = args.func(args, settings)
+    except IvrError as exc:
+        print(f"ivr: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
