@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 import wave
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -85,6 +86,7 @@ class SipStack:
         self._calls: dict[int, _PhoneCall] = {}
         self._finished: list[int] = []
         self._tokens = itertools.count(1)
+        self._every_call: weakref.WeakSet[_PhoneCall] = weakref.WeakSet()
         self.local_port = 0
 
     # -- thread plumbing ---------------------------------------------------------------------
@@ -169,6 +171,8 @@ class SipStack:
         cfg.medConfig.sndClockRate = self.options.clock_rate
         cfg.medConfig.noVad = True  # keep sending silence: a real phone does, and tests measure it
         cfg.medConfig.ecTailLen = 0  # no echo canceller: recordings must be what arrived
+        # Keep the null device (the media clock) running between calls.
+        cfg.medConfig.sndAutoCloseTime = -1
         cfg.medConfig.threadCnt = 1
         ep.libInit(cfg)
         tcfg = pj.TransportConfig()
@@ -197,6 +201,10 @@ class SipStack:
                 call.release_media()
             self._calls.clear()
             self._finished.clear()
+            # A call object still referenced elsewhere (say, by a traceback) must not run its
+            # C++ destructor after libDestroy: pjsua asserts on the stale call id.
+            for call in list(self._every_call):
+                call.thisown = False
             for account in self._accounts:
                 account.shutdown()
             self._accounts.clear()
@@ -241,6 +249,7 @@ class SipStack:
         token = next(self._tokens)
         call.token = token
         self._calls[token] = call
+        self._every_call.add(call)
         return token
 
     def _call(self, token: int) -> _PhoneCall | None:
@@ -289,6 +298,18 @@ def _new_player(media: Any, path: Path, loop: bool) -> Any:
     player.createPlayer(str(path), 0 if loop else pj.PJMEDIA_FILE_NO_LOOP)
     player.startTransmit(media)
     return player
+
+
+def wav_complete(path: Path) -> bool:
+    """Whether a recorder has closed ``path`` (its RIFF size matches the file size)."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(8)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    return (len(header) == 8 and header[:4] == b"RIFF"
+            and int.from_bytes(header[4:8], "little") == size - 8)
 
 
 def wav_seconds(path: Path) -> float:
@@ -500,6 +521,10 @@ class PhoneCall:
         """Block until the ended call's recorder is closed (its WAV file is complete)."""
         self._stack.wait_for(lambda: self._stack._call(self._token) is None, timeout,
                              "the call's media to be released")
+        path = self.record.recording
+        if path is not None:
+            # The conference bridge removes ports asynchronously: the header comes a tick later.
+            self._stack.wait_for(lambda: wav_complete(path), timeout, f"{path} to be closed")
 
     @property
     def connected(self) -> bool:

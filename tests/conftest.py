@@ -1,0 +1,115 @@
+"""Shared fixtures: one real Asterisk instance on free ports and one pjsua2 stack per session."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from ivr.ari.client import AriEventStream
+from ivr.ari.events import AriEvent
+from ivr.asterisk.instance import AsteriskInstance, InstanceState, free_port
+from ivr.asterisk.provision import locate_asterisk
+from ivr.errors import ProvisioningError
+from ivr.settings import AsteriskSettings
+
+E = TypeVar("E", bound=AriEvent)
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+@dataclass(frozen=True)
+class RunningAsterisk:
+    """A test instance and the state ``up`` returned."""
+
+    instance: AsteriskInstance
+    state: InstanceState
+
+    @property
+    def pbx(self) -> str:
+        """host:port of its SIP transport."""
+        return f"127.0.0.1:{self.state.ports.sip}"
+
+
+def make_test_settings(**overrides: object) -> AsteriskSettings:
+    """Asterisk settings on ports that are free now (tests run beside `make run`)."""
+    rtp_start = random.randrange(30000, 39000, 200)
+    values: dict[str, object] = {
+        "instance": f"test-{os.getpid()}-{random.randrange(10**6)}",
+        "ari_port": free_port("tcp"), "sip_port": free_port("udp"),
+        "rtp_start": rtp_start, "rtp_end": rtp_start + 199, "agents_per_region": 2,
+    }
+    values.update(overrides)
+    return AsteriskSettings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def asterisk() -> Iterator[RunningAsterisk]:
+    """A real Asterisk for the whole session, removed afterwards."""
+    try:
+        install = locate_asterisk()
+    except ProvisioningError as exc:
+        pytest.skip(f"no Asterisk available: {exc} (make test provisions one)")
+    settings = make_test_settings()
+    instance = AsteriskInstance(install, settings.instance)
+    state = instance.up(settings, ("north", "east", "south", "west"))
+    try:
+        yield RunningAsterisk(instance, state)
+    finally:
+        instance.remove()
+
+
+@pytest.fixture(scope="session")
+def sip_stack() -> Iterator[object]:
+    """The process-wide pjsua2 stack (pjsua2 allows one endpoint per process)."""
+    from ivr.sip.phone import SipStack, pjsua2_available
+
+    if not pjsua2_available():
+        pytest.skip("pjsua2 is not installed (scripts/build_pjsua2 builds it)")
+    stack = SipStack().start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def artifacts(request: pytest.FixtureRequest) -> Path:
+    """Folder kept after the run for recordings and screenshots of this test."""
+    path = ARTIFACTS / request.node.name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class EventTap:
+    """Reads an ARI event stream in the background so tests can wait for specific events."""
+
+    def __init__(self, stream: AriEventStream) -> None:
+        self.stream = stream
+        self.queue: asyncio.Queue[AriEvent] = asyncio.Queue()
+        self.task = asyncio.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        async for event in self.stream:
+            await self.queue.put(event)
+
+    async def next(self, kind: type[E], timeout: float = 10.0,
+                   where: object = None) -> E:
+        """The next event of ``kind`` (optionally matching ``where(event)``)."""
+        async def find() -> E:
+            while True:
+                event = await self.queue.get()
+                if isinstance(event, kind) and (where is None or where(event)):  # type: ignore[operator]
+                    return event
+
+        return await asyncio.wait_for(find(), timeout)
+
+    async def aclose(self) -> None:
+        """Stop reading and close the WebSocket."""
+        self.task.cancel()
+        await self.stream.aclose()
