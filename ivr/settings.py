@@ -1,4 +1,4 @@
-"""Configuration in one place: defaults, then a YAML file (``IVR_CONFIG_FILE``), then ``IVR_*`` env."""
+"""Configuration in one place: defaults, a YAML file (``IVR_CONFIG_FILE``), then ``IVR_*`` env."""
 
 from __future__ import annotations
 

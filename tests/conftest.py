@@ -98,7 +98,7 @@ class EventTap:
         async for event in self.stream:
             await self.queue.put(event)
 
-    async def next(self, kind: type[E], timeout: float = 10.0,
+    async def next(self, kind: type[E], within_s: float = 10.0,
                    where: object = None) -> E:
         """The next event of ``kind`` (optionally matching ``where(event)``)."""
         async def find() -> E:
@@ -107,7 +107,7 @@ class EventTap:
                 if isinstance(event, kind) and (where is None or where(event)):  # type: ignore[operator]
                     return event
 
-        return await asyncio.wait_for(find(), timeout)
+        return await asyncio.wait_for(find(), within_s)
 
     async def aclose(self) -> None:
         """Stop reading and close the WebSocket."""

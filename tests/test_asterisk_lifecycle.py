@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_test_settings
 from ivr.asterisk.instance import AsteriskInstance
 from ivr.asterisk.provision import locate_asterisk
 from ivr.errors import PortInUseError, ProvisioningError
+
+from conftest import make_test_settings
 
 pytestmark = pytest.mark.asterisk
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EventTap, RunningAsterisk
 from ivr.ari.client import AriClient
 from ivr.ari.events import ChannelDtmfReceived, StasisEnd, StasisStart
 from ivr.sip.audio import band_energy_ratio, dominant_frequency, read_wav, rms_dbfs, write_tone
 from ivr.sip.phone import AgentOptions, SipStack
+
+from conftest import EventTap, RunningAsterisk
 
 pytestmark = pytest.mark.asterisk
 

@@ -1,4 +1,4 @@
-"""Locate a usable Asterisk: a system one (>= 20) or a cached Debian sid root running Asterisk 22."""
+"""Locate a usable Asterisk: a system one (>= 20) or a cached Debian sid root with Asterisk 22."""
 
 from __future__ import annotations
 
@@ -145,7 +145,8 @@ def _run(step: str, argv: list[str], log_file: Path, timeout: float = 900) -> No
                 env={**os.environ, "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"},
             )
         except subprocess.TimeoutExpired as exc:
-            raise ProvisioningError(f"{step}: timed out after {timeout:.0f}s (log {log_file})") from exc
+            raise ProvisioningError(
+                f"{step}: timed out after {timeout:.0f}s (log {log_file})") from exc
     if proc.returncode != 0:
         raise ProvisioningError(f"{step}: exit status {proc.returncode} (log {log_file})")
 
@@ -199,7 +200,7 @@ def locate_asterisk(prefer_system: bool = True) -> AsteriskInstall:
 
 
 def fetch_pjproject_source(dest: Path) -> Path:
-    """Download Debian's asterisk source (which bundles pjproject) and return the pjproject tarball."""
+    """Fetch Debian's asterisk source (it bundles pjproject); return the pjproject tarball."""
     install = ensure_sid_root()
     assert install.root is not None
     existing = sorted(dest.glob("*orig-Xpjproject.tar.*"))
@@ -215,8 +216,31 @@ def fetch_pjproject_source(dest: Path) -> Path:
                             "--download-only asterisk"], log_file)
     found = sorted(host.glob("*orig-Xpjproject.tar.*"))
     if not found:
-        raise ProvisioningError(f"no pjproject component in Debian's asterisk source (log {log_file})")
+        raise ProvisioningError(
+            f"no pjproject component in Debian's asterisk source (log {log_file})")
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / found[-1].name
     shutil.copy2(found[-1], target)
     return target
+
+
+def main() -> int:
+    """``python -m ivr.asterisk.provision``: make sure an Asterisk is available; print it."""
+    import json
+    import sys
+    import time
+
+    started = time.monotonic()
+    try:
+        install = locate_asterisk()
+    except ProvisioningError as exc:
+        print(f"asterisk provisioning failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"source": "sid-root" if install.root else "system",
+                      "version": install.version, "root": str(install.root or ""),
+                      "seconds": round(time.monotonic() - started, 1)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
