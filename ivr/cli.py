@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ivr.errors import IvrError
+from ivr.logs import configure_logging
 from ivr.settings import Settings, load_settings
 
 log = logging.getLogger("ivr.cli")
@@ -213,10 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"ivr: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # Request lines of our HTTP clients are noise at INFO.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(settings.log_level)
     try:
         code: int = args.func(args, settings)
     except IvrError as exc:

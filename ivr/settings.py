@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -38,6 +38,15 @@ class AsteriskSettings(BaseModel):
         return self
 
 
+class RemoteAriSettings(BaseModel):
+    """ARI of an Asterisk that this process does not run (for example from a container)."""
+
+    url: str = Field(pattern=r"^https?://")
+    user: str
+    password: SecretStr
+    app: str = Field("ivr", pattern=r"^[A-Za-z0-9_-]+$")
+
+
 class Settings(BaseSettings):
     """Process-wide settings (env prefix ``IVR_``, nested with ``__``)."""
 
@@ -50,6 +59,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     regions: tuple[str, ...] = DEFAULT_REGIONS
     asterisk: AsteriskSettings = Field(default_factory=AsteriskSettings)  # type: ignore[arg-type]
+    # When set, the controller uses this ARI instead of the local instance's (`ivr asterisk up`).
+    ari: RemoteAriSettings | None = None
 
     @classmethod
     def settings_customise_sources(
