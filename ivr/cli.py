@@ -137,19 +137,20 @@ def cmd_agents(args: argparse.Namespace, settings: Settings) -> int:
     options = AgentOptions(answer_after_s=args.answer_after,
                            record_dir=Path(args.record_dir) if args.record_dir else None,
                            play=Path(args.play) if args.play else None)
-    with SipStack() as stack:
+    with _stdout_to_stderr() as out, SipStack() as stack:
         phones = [stack.agent(a.agent_id, a.password, f"127.0.0.1:{state.ports.sip}", options)
                   for a in accounts]
         for phone in phones:
             phone.wait_registered()
-            print(json.dumps({"agent_id": phone.agent_id, "registered": True}), flush=True)
+            out.write(json.dumps({"agent_id": phone.agent_id, "registered": True}) + "\n")
+            out.flush()
         try:
             while not stop.wait(0.5):
                 pass
         except KeyboardInterrupt:
             pass
         summary = {p.agent_id: len(p.calls) for p in phones}
-        print(json.dumps({"calls_answered": summary}), flush=True)
+        out.write(json.dumps({"calls_answered": summary}) + "\n")
     return 0
 
 

@@ -23,9 +23,10 @@ class AsteriskSettings(BaseModel):
     instance: str = Field("default", pattern=r"^[a-z0-9][a-z0-9_-]{0,40}$")
     ari_port: int = Field(8088, ge=1, le=65535)
     sip_port: int = Field(5060, ge=1, le=65535)
-    # Two ports per RTP stream (RTP + RTCP); 1000 ports ~ 250 calls with an agent leg each.
+    # The RTP range is sized for this many simultaneous calls unless rtp_end is given.
+    concurrent_calls: int = Field(120, ge=1, le=5000)
     rtp_start: int = Field(10000, ge=1024, le=65535)
-    rtp_end: int = Field(10999, ge=1024, le=65535)
+    rtp_end: int | None = Field(None, ge=1024, le=65535)
     agents_per_region: int = Field(4, ge=0, le=200)
     start_timeout_s: float = Field(45.0, gt=0)
     hotline_number: str = Field("4008101111", pattern=r"^\d{3,20}$")
@@ -33,9 +34,22 @@ class AsteriskSettings(BaseModel):
 
     @model_validator(mode="after")
     def _range_ok(self) -> AsteriskSettings:
-        if self.rtp_end - self.rtp_start < 4:
+        if self.rtp_end is not None and self.rtp_end - self.rtp_start < 4:
             raise ValueError("asterisk.rtp_end must be at least rtp_start + 4")
+        if self.rtp_last_port() > 65535:
+            raise ValueError("asterisk.rtp_end: range for concurrent_calls passes port 65535")
         return self
+
+    def rtp_last_port(self) -> int:
+        """Last RTP port: given, or sized from ``concurrent_calls``.
+
+        A call has up to four RTP streams in Asterisk (caller, agent, ExternalMedia for the
+        speech path, a supervisor snoop), each an even RTP port plus its RTCP port; 25 % headroom
+        covers ports still held by calls that are ending.
+        """
+        if self.rtp_end is not None:
+            return self.rtp_end
+        return self.rtp_start + (self.concurrent_calls * 4 * 2 * 5) // 4 - 1
 
 
 class RemoteAriSettings(BaseModel):

@@ -39,6 +39,15 @@ def test_bad_values_are_rejected_naming_the_field(monkeypatch: pytest.MonkeyPatc
         load_settings()
 
 
+def test_rtp_range_is_sized_for_the_concurrency_target() -> None:
+    settings = load_settings(asterisk={"concurrent_calls": 100, "rtp_start": 20000})
+    assert settings.asterisk.rtp_last_port() == 20999  # 100 calls x 4 streams x 2 ports x 1.25
+    pinned = load_settings(asterisk={"rtp_start": 20000, "rtp_end": 20100})
+    assert pinned.asterisk.rtp_last_port() == 20100
+    with pytest.raises(ValidationError, match="65535"):
+        load_settings(asterisk={"concurrent_calls": 5000, "rtp_start": 60000})
+
+
 def test_health_and_readiness_say_what_is_missing() -> None:
     readiness = Readiness()
     client = TestClient(create_app(readiness))

@@ -78,6 +78,10 @@ def check_port_free(port: int, proto: str, purpose: str) -> None:
     """Raise :class:`PortInUseError` if ``port`` cannot be bound on 127.0.0.1."""
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, kind) as sock:
+        if proto == "tcp":
+            # Asterisk binds with SO_REUSEADDR too: connections in TIME_WAIT must not count,
+            # a listener does.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError as exc:
@@ -153,7 +157,8 @@ class AsteriskInstance:
 
     def _plan_state(self, settings: AsteriskSettings, regions: tuple[str, ...]) -> InstanceState:
         previous = self.load_state()
-        ports = PortPlan(settings.ari_port, settings.sip_port, settings.rtp_start, settings.rtp_end)
+        ports = PortPlan(settings.ari_port, settings.sip_port, settings.rtp_start,
+                         settings.rtp_last_port())
         # Credentials are generated once per instance and kept across restarts.
         password = previous.ari_password if previous else secrets.token_urlsafe(24)
         known = {a.agent_id: a for a in previous.agents} if previous else {}
