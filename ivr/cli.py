@@ -116,8 +116,31 @@ def cmd_call(args: argparse.Namespace, settings: Settings) -> int:
             "seconds_connected": round((record.disconnected_at or time.monotonic())
                                        - record.connected_at, 2) if record.connected_at else 0.0,
         })
+        if result["call_id"]:
+            result.update(_route_of(settings, result["call_id"]))
         _print(result, args.json, out)
     return 0 if result["answered"] else 1
+
+
+def _route_of(settings: Settings, sip_call_id: str) -> dict[str, Any]:
+    """Who answered, as the service recorded it (empty when the API is not reachable)."""
+    import httpx
+
+    url = f"http://{settings.api_host}:{settings.api_port}/api/v1/calls/{sip_call_id}"
+    for _ in range(20):  # the record's last write follows the hang-up by a moment
+        try:
+            response = httpx.get(url, timeout=2.0)
+        except httpx.HTTPError:
+            return {}
+        if response.status_code != 200:
+            return {}
+        call = response.json()
+        if call.get("state") == "ended":
+            break
+        time.sleep(0.1)
+    return {"answered_by": call["route"]["agent_id"], "ivr_call_id": call["call_id"],
+            "region": call["region"], "intent": call["intent"],
+            "hangup_cause": call["hangup_cause"]}
 
 
 def cmd_agents(args: argparse.Namespace, settings: Settings) -> int:

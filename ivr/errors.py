@@ -11,6 +11,8 @@ Exception tree::
     ├── AriError                 the ARI REST or WebSocket interface failed
     │   ├── AriUnavailableError  ARI cannot be reached (connection refused, timeout)
     │   └── AriRequestError      ARI answered with an error status
+    ├── RuleError                a routing rule is invalid (names the field)
+    ├── PromptError              spoken prompts could not be generated
     └── SipPhoneError            a pjsua2 phone could not do what was asked
 """
 
@@ -75,3 +77,19 @@ class AriRequestError(AriError):
 
 class SipPhoneError(IvrError):
     """A SIP phone operation failed (registration, call set-up, media)."""
+
+
+class RuleError(IvrError):
+    """A routing rule is invalid; ``field`` is the dotted path of the offending input."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(field, message)  # both in args, so the error pickles intact
+        self.field = field
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class PromptError(IvrError):
+    """Spoken prompts could not be generated (catalogue, espeak-ng or sox)."""

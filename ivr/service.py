@@ -5,43 +5,81 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 
 import uvicorn
 
-from ivr.api.app import create_app
+from ivr.api.app import ApiServices, create_app
 from ivr.asterisk.instance import AriCredentials, AsteriskInstance
 from ivr.asterisk.provision import locate_asterisk
-from ivr.controller import HotlineController, Readiness
+from ivr.flow.controller import HotlineController, Readiness, distributor_for
+from ivr.flow.session import Prompts
+from ivr.routing.service import RoutingService
 from ivr.settings import Settings
+from ivr.store.db import make_engine, migrate, sqlite_url
+from ivr.store.repository import Store
 
 log = logging.getLogger(__name__)
 
 
-def ari_credentials(settings: Settings) -> AriCredentials | None:
-    """ARI from settings (remote PBX) or from the local instance that `ivr asterisk up` made."""
+@dataclass(frozen=True)
+class PbxLink:
+    """How to reach the PBX and what lives there (agents, prompts)."""
+
+    creds: AriCredentials
+    agents: tuple[tuple[str, str], ...]
+    sounds_dir: str
+
+
+def pbx_link(settings: Settings) -> PbxLink | None:
+    """From settings (remote PBX) or from the local instance that `ivr asterisk up` made."""
     if settings.ari is not None:
-        return AriCredentials(settings.ari.url.rstrip("/"), settings.ari.user,
-                              settings.ari.password.get_secret_value(), settings.ari.app)
+        remote = settings.ari
+        creds = AriCredentials(remote.url.rstrip("/"), remote.user,
+                               remote.password.get_secret_value(), remote.app)
+        return PbxLink(creds, tuple(remote.agents.items()), remote.sounds_dir)
     instance = AsteriskInstance(locate_asterisk(), settings.asterisk.instance)
     state = instance.load_state()
-    return state.ari() if state is not None else None
+    if state is None:
+        return None
+    return PbxLink(state.ari(), tuple((a.agent_id, a.region) for a in state.agents),
+                   state.sounds_dir)
+
+
+def open_store(settings: Settings) -> Store:
+    """The store at ``database_url`` (or SQLite in ``data_dir``), migrated to the newest schema."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url or sqlite_url(settings.data_dir))
+    migrate(engine)
+    return Store(engine)
 
 
 async def serve_async(settings: Settings) -> None:
     """Run controller and API until cancelled or the API server stops."""
     readiness = Readiness()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    creds = ari_credentials(settings)
-    controller_task: asyncio.Task[None] | None = None
+    store = await asyncio.to_thread(open_store, settings)
+    routing = RoutingService(store, settings.routing, settings.regions)
+    if await asyncio.to_thread(routing.seed_rules):
+        log.info("routing rules loaded into an empty store")
+    link = pbx_link(settings)
     controller: HotlineController | None = None
-    if creds is None:
+    controller_task: asyncio.Task[None] | None = None
+    if link is None:
         log.warning("no ARI configured and no local asterisk instance; ARI stays unavailable",
                     extra={"instance": settings.asterisk.instance})
     else:
-        controller = HotlineController(creds, readiness)
+        skills = settings.routing.agent_skills
+        await asyncio.to_thread(store.upsert_agents,
+                                [(a, r, skills.get(a, [])) for a, r in link.agents])
+        controller = HotlineController(
+            link.creds, readiness, store, routing,
+            distributor_for(link.agents, skills, settings.flow.wrap_up_s),
+            Prompts(link.sounds_dir), settings.flow)
         controller_task = asyncio.create_task(controller.run())
-    config = uvicorn.Config(create_app(readiness), host=settings.api_host, port=settings.api_port,
-                            log_level=settings.log_level.lower(), lifespan="off")
+    app = create_app(ApiServices(readiness, store, routing))
+    config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port,
+                            log_level=settings.log_level.lower(), lifespan="off",
+                            log_config=None)
     server = uvicorn.Server(config)
     try:
         await server.serve()

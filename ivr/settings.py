@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -52,6 +54,42 @@ class AsteriskSettings(BaseModel):
         return self.rtp_start + (self.concurrent_calls * 4 * 2 * 5) // 4 - 1
 
 
+class FlowSettings(BaseModel):
+    """Timings and limits of the IVR call flow."""
+
+    greeting_language: Literal["zh", "en"] = "zh"
+    english_key: str = Field("9", pattern=r"^[0-9*#]$")
+    menu_timeout_s: float = Field(6.0, gt=0)
+    max_failures: int = Field(3, ge=1, le=10)
+    callback_first_digit_s: float = Field(10.0, gt=0)
+    callback_digit_s: float = Field(5.0, gt=0)
+    callback_attempts: int = Field(2, ge=1, le=5)
+    position_announce_every_s: float = Field(30.0, gt=0)
+    wrap_up_s: float = Field(5.0, ge=0)
+    queue_poll_s: float = Field(0.5, gt=0)
+
+
+class RoutingSettings(BaseModel):
+    """Region resolution and routing rules inputs."""
+
+    timezone: str = "Asia/Shanghai"
+    holidays: tuple[date, ...] = ()
+    vip_numbers: tuple[str, ...] = ()
+    default_region: str = "east"
+    regions_file: Path | None = None  # province -> region map; None: the shipped one
+    rules_file: Path | None = None  # rules loaded on first start; None: the shipped defaults
+    agent_skills: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone_exists(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+
 class RemoteAriSettings(BaseModel):
     """ARI of an Asterisk that this process does not run (for example from a container)."""
 
@@ -59,6 +97,8 @@ class RemoteAriSettings(BaseModel):
     user: str
     password: SecretStr
     app: str = Field("ivr", pattern=r"^[A-Za-z0-9_-]+$")
+    sounds_dir: str = "/var/lib/asterisk/sounds/ivr"  # where the prompts are on that PBX
+    agents: dict[str, str] = Field(default_factory=dict)  # agent endpoint -> region
 
 
 class Settings(BaseSettings):
@@ -68,11 +108,15 @@ class Settings(BaseSettings):
                                       extra="forbid")
 
     data_dir: Path = Path("var")
+    # SQLite in data_dir unless a URL is given (e.g. postgresql+psycopg://...).
+    database_url: str | None = None
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=1, le=65535)
     log_level: str = "INFO"
     regions: tuple[str, ...] = DEFAULT_REGIONS
     asterisk: AsteriskSettings = Field(default_factory=AsteriskSettings)  # type: ignore[arg-type]
+    flow: FlowSettings = Field(default_factory=FlowSettings)  # type: ignore[arg-type]
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
     # When set, the controller uses this ARI instead of the local instance's (`ivr asterisk up`).
     ari: RemoteAriSettings | None = None
 

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from ivr.api.app import create_app
-from ivr.controller import Readiness
+from ivr.flow.controller import Readiness
 from ivr.settings import load_settings
 
 pytestmark = pytest.mark.unit

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from ivr.asterisk.config import AgentAccount, InstanceConfig, PortPlan, render_instance
-from ivr.asterisk.provision import AsteriskInstall
+from ivr.asterisk.provision import AsteriskInstall, cache_dir
 from ivr.errors import AsteriskError, AsteriskStartError, PortInUseError
 from ivr.settings import AsteriskSettings
 
@@ -51,6 +51,7 @@ class InstanceState:
     ari_app: str
     hotline_number: str
     agents: tuple[AgentAccount, ...]
+    sounds_dir: str = ""  # the spoken prompts, as Asterisk sees the folder
 
     def ari(self) -> AriCredentials:
         """ARI connection facts."""
@@ -71,6 +72,7 @@ class InstanceState:
             ari_password=data["ari_password"], ari_app=data["ari_app"],
             hotline_number=data["hotline_number"],
             agents=tuple(AgentAccount(**agent) for agent in data["agents"]),
+            sounds_dir=str(data.get("sounds_dir", "")),
         )
 
 
@@ -170,7 +172,8 @@ class AsteriskInstance:
                 agents.append(old if old and old.region == region
                               else AgentAccount(agent_id, region, secrets.token_urlsafe(16)))
         return InstanceState(self.name, ports, "ivr", password, settings.ari_app,
-                             settings.hotline_number, tuple(agents))
+                             settings.hotline_number, tuple(agents),
+                             str(self.inner_dir / "sounds"))
 
     def up(self, settings: AsteriskSettings, regions: tuple[str, ...],
            api_port: int = 8080) -> InstanceState:
@@ -188,6 +191,7 @@ class AsteriskInstance:
         self._save_state(state)
         for sub in ("etc", "lib", "spool", "run", "log"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        self._install_prompts()
         with contextlib.suppress(FileNotFoundError):
             self.log_file.unlink()
         render_instance(
@@ -205,6 +209,16 @@ class AsteriskInstance:
                                      str(startup_log))
         self._wait_for_ari(state, settings.start_timeout_s, startup_log)
         return state
+
+    def _install_prompts(self) -> None:
+        """Copy the spoken prompts (built once into the cache) where this Asterisk reads them."""
+        from ivr.prompts.build import build_prompts
+
+        built = build_prompts(cache_dir() / "prompts")
+        for language in ("zh", "en"):
+            source = built.root / language
+            if source.is_dir():
+                shutil.copytree(source, self.dir / "sounds" / language, dirs_exist_ok=True)
 
     def _wait_for_ari(self, state: InstanceState, timeout_s: float,
                       startup_log: Path | None) -> dict[str, Any]:

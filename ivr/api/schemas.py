@@ -1,0 +1,89 @@
+"""Request and response bodies of the REST API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ivr.routing.rules import INTENTS
+
+
+class Route(BaseModel):
+    """Where the call went."""
+
+    region: str | None
+    agent_id: str | None
+
+
+class CallOut(BaseModel):
+    """A call record."""
+
+    call_id: str
+    sip_call_id: str | None
+    caller_number: str
+    dialed_number: str
+    region: str | None
+    region_source: str | None
+    region_reason: str | None
+    province: str | None
+    city: str | None
+    language: str
+    intent: str | None
+    intent_source: str | None
+    menu_path: list[Any]
+    state: str
+    route: Route
+    route_rule_id: str | None
+    route_decision: dict[str, Any] | None
+    overflow: bool
+    verification: dict[str, Any] | None
+    callback_number: str | None
+    started_at: datetime
+    answered_at: datetime | None
+    queued_at: datetime | None
+    connected_at: datetime | None
+    ended_at: datetime | None
+    hangup_cause: str | None
+    hangup_by: str | None
+
+
+class CallEventOut(BaseModel):
+    """One event of a call."""
+
+    at: datetime
+    kind: str
+    data: dict[str, Any]
+
+
+class CallDetailOut(CallOut):
+    """A call with its events."""
+
+    events: list[CallEventOut]
+
+
+class CallPage(BaseModel):
+    """A page of calls, newest first."""
+
+    items: list[CallOut]
+    limit: int
+    offset: int
+
+
+class SimulateIn(BaseModel):
+    """A dry run: who calls, about what, when."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    caller_number: str = Field(max_length=64)
+    intent: str = Field(json_schema_extra={"enum": list(INTENTS)})
+    at: datetime | None = None
+
+
+class SimulateOut(BaseModel):
+    """The decision and the rule that made it."""
+
+    decision: dict[str, Any]
+    rule: dict[str, Any] | None
+    region: dict[str, Any]

@@ -1,0 +1,383 @@
+"""The hotline controller: one ARI connection, one state machine per call, reconciliation.
+
+Events from the ARI WebSocket are turned into typed flow events and delivered to the call they
+belong to (by caller channel, agent channel or playback id). When the connection drops, every
+call is left as stored; on reconnect the controller compares the store with the channels and
+bridges still in our Stasis application and resumes each call, or sends it to the human queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ivr.ari.client import AriClient
+from ivr.ari.events import (
+    AriEvent,
+    ChannelDestroyed,
+    ChannelDtmfReceived,
+    ChannelHangupRequest,
+    PlaybackFinished,
+    StasisEnd,
+    StasisStart,
+)
+from ivr.asterisk.instance import AriCredentials
+from ivr.errors import AriError
+from ivr.flow.events import (
+    AgentAnswered,
+    AgentGone,
+    CallerGone,
+    Dtmf,
+    FlowEvent,
+    PlaybackDone,
+    Wake,
+)
+from ivr.flow.session import CallSession, FlowContext, Prompts
+from ivr.flow.states import Connected, Ended, Greeting, Queued, QueuePlan, Routing, State, run_call
+from ivr.routing.acd import Distributor, agents_from_accounts
+from ivr.routing.rules import RoutingDecision
+from ivr.routing.service import RoutingService
+from ivr.settings import FlowSettings
+from ivr.store.repository import Store, StoredCall
+
+log = logging.getLogger(__name__)
+
+
+class Readiness:
+    """What the service still lacks before it can take calls."""
+
+    def __init__(self) -> None:
+        self._checks: dict[str, bool] = {"ari": False}
+
+    def set(self, name: str, ok: bool) -> None:
+        """Record the state of one dependency."""
+        self._checks[name] = ok
+
+    def checks(self) -> dict[str, bool]:
+        """Every dependency and whether it is available."""
+        return dict(self._checks)
+
+    def missing(self) -> list[str]:
+        """Dependencies that are not available."""
+        return sorted(name for name, ok in self._checks.items() if not ok)
+
+
+@dataclass
+class _Registry:
+    by_channel: dict[str, CallSession] = field(default_factory=dict)
+    by_playback: dict[str, CallSession] = field(default_factory=dict)
+    by_call: dict[str, CallSession] = field(default_factory=dict)
+    early: dict[str, list[FlowEvent]] = field(default_factory=dict)
+
+
+class HotlineController:
+    """Keeps the ARI connection (capped exponential backoff) and runs every call's flow."""
+
+    def __init__(self, creds: AriCredentials, readiness: Readiness, store: Store,
+                 routing: RoutingService, distributor: Distributor, prompts: Prompts,
+                 flow: FlowSettings, max_backoff_s: float = 10.0) -> None:
+        self.creds = creds
+        self.readiness = readiness
+        self.store = store
+        self.routing = routing
+        self.distributor = distributor
+        self.prompts = prompts
+        self.flow = flow
+        self.max_backoff_s = max_backoff_s
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reg = _Registry()
+        self._ari: AriClient | None = None
+
+    # -- connection --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Stay connected until cancelled."""
+        backoff = 0.5
+        while True:
+            try:
+                async with AriClient(self.creds) as ari:
+                    stream = await ari.subscribe()
+                    try:
+                        self._ari = ari
+                        await ari.request("POST", f"/applications/{self.creds.app}/subscription",
+                                          params={"eventSource": "endpoint:PJSIP"})
+                        await self._sync_agents(ari)
+                        await self._reconcile(ari)
+                        self.readiness.set("ari", True)
+                        log.info("ari connected", extra={"app": self.creds.app})
+                        backoff = 0.5
+                        async for event in stream:
+                            self._dispatch(event)
+                    finally:
+                        self.readiness.set("ari", False)
+                        await stream.aclose()
+            except AriError as exc:
+                log.warning("ari unavailable", extra={"error": str(exc)})
+            finally:
+                self.readiness.set("ari", False)
+                self._ari = None
+                self._drop_sessions()
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, self.max_backoff_s)
+
+    def _drop_sessions(self) -> None:
+        # The calls stay in the store as they were; reconciliation picks them up again.
+        for task in list(self._tasks):
+            task.cancel()
+        self._reg = _Registry()
+        self.distributor.waiting.clear()
+
+    async def aclose(self) -> None:
+        """Cancel every call task (calls stay stored for the next start)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- context handed to call sessions -----------------------------------------------------
+
+    def _context(self, ari: AriClient) -> FlowContext:
+        return FlowContext(
+            ari=ari, store=self.store, distributor=self.distributor, prompts=self.prompts,
+            settings=self.flow, app=self.creds.app, route_call=self._route_call,
+            register_channel=self._register_channel, register_playback=self._register_playback,
+            forget=self._forget, wake_waiting=self._wake_waiting)
+
+    def _route_call(self, s: CallSession, intent: str) -> RoutingDecision:
+        decision, _rule = self.routing.decide_for(
+            s.call.caller_number, s.call.region or self.routing.settings.default_region, intent,
+            language=s.language,
+            verification=(s.call.verification or {}).get("decision") if s.call.verification
+            else None)
+        return decision
+
+    def _register_channel(self, channel_id: str, session: CallSession) -> None:
+        self._reg.by_channel[channel_id] = session
+        for event in self._reg.early.pop(channel_id, []):
+            session.deliver(event)
+
+    def _register_playback(self, playback_id: str, session: CallSession) -> None:
+        self._reg.by_playback[playback_id] = session
+
+    def _forget(self, session: CallSession) -> None:
+        for table in (self._reg.by_channel, self._reg.by_playback):
+            for key in [k for k, v in table.items() if v is session]:
+                del table[key]
+        self._reg.by_call.pop(session.call_id, None)
+
+    def _wake_waiting(self) -> None:
+        for call_id in list(self.distributor.waiting):
+            session = self._reg.by_call.get(call_id)
+            if session is not None:
+                session.deliver(Wake())
+
+    def _start(self, session: CallSession, first: State) -> None:
+        self._reg.by_call[session.call_id] = session
+        self._register_channel(session.channel_id, session)
+        if session.agent_channel_id:
+            self._register_channel(session.agent_channel_id, session)
+        self._spawn(run_call(session, first))
+
+    # -- events ------------------------------------------------------------------------------
+
+    def _dispatch(self, event: AriEvent) -> None:
+        if isinstance(event, StasisStart):
+            if event.args and event.args[0] == "agent":
+                self._agent_answered(event)
+            else:
+                self._reg.early[event.channel.id] = []
+                self._spawn(self._new_call(event))
+            return
+        if event.type == "EndpointStateChange":
+            self._endpoint_changed(event.raw.get("endpoint") or {})
+            return
+        if isinstance(event, PlaybackFinished):
+            session = self._reg.by_playback.pop(event.playback_id, None)
+            if session is not None:
+                session.deliver(PlaybackDone(event.playback_id))
+            return
+        channel = getattr(event, "channel", None)
+        if channel is None:
+            return
+        flow_event = self._flow_event(event, channel.id)
+        if flow_event is None:
+            return
+        session = self._reg.by_channel.get(channel.id)
+        if session is None:
+            if channel.id in self._reg.early:
+                self._reg.early[channel.id].append(flow_event)
+            return
+        if isinstance(flow_event, CallerGone) and channel.id != session.channel_id:
+            flow_event = AgentGone(channel.id, flow_event.cause, flow_event.cause_txt)
+        session.deliver(flow_event)
+
+    @staticmethod
+    def _flow_event(event: AriEvent, channel_id: str) -> FlowEvent | None:
+        if isinstance(event, ChannelDtmfReceived):
+            return Dtmf(event.digit)
+        if isinstance(event, ChannelDestroyed):
+            return CallerGone(event.cause, event.cause_txt or "destroyed")
+        if isinstance(event, StasisEnd):
+            return CallerGone(16, "left application")
+        if isinstance(event, ChannelHangupRequest):
+            return CallerGone(event.cause, "hangup requested")
+        return None
+
+    def _agent_answered(self, event: StasisStart) -> None:
+        session = self._reg.by_channel.get(event.channel.id)
+        if session is None and len(event.args) > 1:
+            session = self._reg.by_call.get(event.args[1])
+        if session is None or session.agent_channel_id != event.channel.id:
+            # An agent leg nobody waits for any more (the caller left first): hang it up.
+            if self._ari is not None:
+                self._spawn(self._hangup(self._ari, event.channel.id))
+            return
+        session.deliver(AgentAnswered(event.channel.id))
+
+    @staticmethod
+    async def _hangup(ari: AriClient, channel_id: str) -> None:
+        with contextlib.suppress(AriError):
+            await ari.request("DELETE", f"/channels/{channel_id}")
+
+    def _endpoint_changed(self, endpoint: dict[str, Any]) -> None:
+        if endpoint.get("technology") != "PJSIP":
+            return
+        ours = set(self._reg.by_channel)
+        foreign = [c for c in endpoint.get("channel_ids") or [] if c not in ours]
+        self.distributor.set_registered(str(endpoint.get("resource")),
+                                        endpoint.get("state") == "online", len(foreign))
+        self._wake_waiting()
+
+    async def _sync_agents(self, ari: AriClient) -> None:
+        for endpoint in await ari.request("GET", "/endpoints/PJSIP") or []:
+            self._endpoint_changed(endpoint)
+
+    # -- a new call --------------------------------------------------------------------------
+
+    async def _new_call(self, event: StasisStart) -> None:
+        ari = self._ari
+        if ari is None:
+            return
+        channel = event.channel
+        sip_call_id = None
+        with contextlib.suppress(AriError):
+            var = await ari.request("GET", f"/channels/{channel.id}/variable",
+                                    params={"variable": "CHANNEL(pjsip,call-id)"})
+            sip_call_id = (var or {}).get("value") or None
+        resolution = self.routing.resolver.resolve(channel.caller_number)
+        call = await asyncio.to_thread(
+            self.store.create_call, channel_id=channel.id, caller_number=channel.caller_number,
+            dialed_number=channel.dialplan_exten, sip_call_id=sip_call_id,
+            region=resolution.region, region_source=resolution.source,
+            region_reason=resolution.reason, province=resolution.province,
+            city=resolution.city)
+        session = CallSession(self._context(ari), call, channel.id,
+                              language=self.flow.greeting_language)
+        log.info("call started", extra={"call_id": call.id, "caller_number":
+                                        channel.caller_number, "region": resolution.region})
+        self._start(session, _Answer())
+
+    # -- reconciliation ----------------------------------------------------------------------
+
+    async def _reconcile(self, ari: AriClient) -> None:
+        app = await ari.request("GET", f"/applications/{self.creds.app}") or {}
+        in_app = set(app.get("channel_ids") or [])
+        bridges = {str(b["id"]) for b in await ari.request("GET", "/bridges") or []}
+        known: set[str] = set()
+        for call in await asyncio.to_thread(self.store.active_calls):
+            known.update(c for c in (call.channel_id, call.agent_channel_id) if c)
+            await self._reconcile_call(ari, call, in_app, bridges)
+        for channel_id in in_app - known:
+            # In our application but not in the store: an agent leg is hung up; a caller is
+            # treated as a new call that goes straight to the human queue.
+            channel = await self._channel(ari, channel_id)
+            if channel is None:
+                continue
+            if str(channel.get("name", "")).startswith("PJSIP/agent-"):
+                await self._hangup(ari, channel_id)
+                continue
+            caller = (channel.get("caller") or {}).get("number", "")
+            resolution = self.routing.resolver.resolve(caller)
+            call = await asyncio.to_thread(
+                self.store.create_call, channel_id=channel_id, caller_number=caller,
+                dialed_number=(channel.get("dialplan") or {}).get("exten", ""),
+                sip_call_id=None, region=resolution.region, region_source=resolution.source,
+                region_reason=resolution.reason, province=resolution.province,
+                city=resolution.city, state="menu")
+            session = CallSession(self._context(ari), call, channel_id)
+            await session.record("reconciled", {"action": "human_queue", "why": "not stored"})
+            self._start(session, Routing("human_agent", "reconciled"))
+
+    @staticmethod
+    async def _channel(ari: AriClient, channel_id: str) -> dict[str, Any] | None:
+        try:
+            channel: dict[str, Any] = await ari.request("GET", f"/channels/{channel_id}")
+            return channel
+        except AriError:
+            return None
+
+    async def _reconcile_call(self, ari: AriClient, call: StoredCall, in_app: set[str],
+                              bridges: set[str]) -> None:
+        ctx = self._context(ari)
+        session = CallSession(ctx, call, call.channel_id, language=call.language,
+                              menu_path=list(call.menu_path), agent_id=call.agent_id,
+                              agent_channel_id=call.agent_channel_id,
+                              holding_bridge_id=call.holding_bridge_id
+                              if call.holding_bridge_id in bridges else None,
+                              mixing_bridge_id=call.mixing_bridge_id
+                              if call.mixing_bridge_id in bridges else None)
+        if call.channel_id not in in_app:
+            session.gone = CallerGone(16, "gone while the controller was away")
+            await session.record("reconciled", {"action": "ended", "from_state": call.state})
+            self._reg.by_call[call.id] = session
+            self._spawn(run_call(session, Ended(f"caller_gone_during_outage:{call.state}",
+                                                "caller")))
+            return
+        plan = QueuePlan.from_route(call.route) if call.route else None
+        agent_up = call.agent_channel_id in in_app if call.agent_channel_id else False
+        first: State
+        if (call.state == "connected" and plan and agent_up and session.mixing_bridge_id
+                and call.agent_id):
+            self.distributor.mark_talking(call.agent_id, call.id)
+            first, action = Connected(plan, resumed=True), "resume_connected"
+        elif call.state in ("queued", "ringing_agent") and plan is not None:
+            if call.agent_channel_id:
+                await self._hangup(ari, call.agent_channel_id)
+                session.agent_channel_id, session.agent_id = None, None
+            first, action = Queued(plan, resumed=True), "resume_queue"
+        else:
+            await session.destroy_bridge(session.holding_bridge_id)
+            session.holding_bridge_id = None
+            first, action = Routing("human_agent", "reconciled"), "human_queue"
+        await session.record("reconciled", {"action": action, "from_state": call.state},
+                             agent_channel_id=session.agent_channel_id)
+        log.info("call reconciled", extra={"call_id": call.id, "action": action})
+        self._start(session, first)
+
+
+class _Answer:
+    """First state: answer the channel and note when."""
+
+    name = "answering"
+
+    async def run(self, s: CallSession) -> State | None:
+        await s.ctx.ari.request("POST", f"/channels/{s.channel_id}/answer")
+        await s.record("answered", {}, answered_at=datetime.now(UTC), state="greeting")
+        return Greeting()
+
+
+def distributor_for(agents: Sequence[tuple[str, str]], skills: dict[str, list[str]],
+                    wrap_up_s: float) -> Distributor:
+    """A distributor for (agent_id, region) pairs."""
+    return Distributor(agents_from_accounts(agents, skills), wrap_up_s)

@@ -1,0 +1,202 @@
+"""One call's context: its inbox of events, prompt playback with barge-in, store writes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ivr.ari.client import AriClient
+from ivr.errors import AriError, AriRequestError
+from ivr.flow.events import CallerGone, CallerInput, Dtmf, FlowEvent, IntentHeard, PlaybackDone
+from ivr.routing.acd import Distributor
+from ivr.settings import FlowSettings
+from ivr.store.repository import Store, StoredCall
+
+log = logging.getLogger(__name__)
+
+INBOX_LIMIT = 256
+
+
+class CallerHungUp(Exception):
+    """Raised inside a state when the caller's channel is gone."""
+
+    def __init__(self, event: CallerGone) -> None:
+        super().__init__(event.cause_txt)
+        self.event = event
+
+
+@dataclass
+class Prompts:
+    """Where the spoken prompts are, as Asterisk sees them."""
+
+    sounds_dir: str  # e.g. /srv/ivr/instances/default/sounds
+
+    def media(self, language: str, key: str) -> str:
+        """ARI media URI of one prompt."""
+        return f"sound:{self.sounds_dir}/{language}/{key}"
+
+
+@dataclass
+class FlowContext:
+    """What every call's state machine shares."""
+
+    ari: AriClient
+    store: Store
+    distributor: Distributor
+    prompts: Prompts
+    settings: FlowSettings
+    app: str
+    route_call: Callable[..., Any]  # (session) -> RoutingDecision; set by the controller
+    register_channel: Callable[[str, CallSession], None]
+    register_playback: Callable[[str, CallSession], None]
+    forget: Callable[[CallSession], None]
+    wake_waiting: Callable[[], None]
+    clock: Callable[[], float] = time.monotonic
+
+
+@dataclass
+class CallSession:
+    """The live side of one call; states read events from ``inbox``."""
+
+    ctx: FlowContext
+    call: StoredCall
+    channel_id: str
+    language: str = "zh"
+    failures: int = 0
+    menu_path: list[str] = field(default_factory=list)
+    inbox: asyncio.Queue[FlowEvent] = field(default_factory=lambda: asyncio.Queue(INBOX_LIMIT))
+    gone: CallerGone | None = None
+    agent_channel_id: str | None = None
+    agent_id: str | None = None
+    holding_bridge_id: str | None = None
+    mixing_bridge_id: str | None = None
+    state_name: str = "ringing"
+    pending: list[FlowEvent] = field(default_factory=list)
+
+    @property
+    def call_id(self) -> str:
+        """Our id of the call."""
+        return self.call.id
+
+    # -- events ------------------------------------------------------------------------------
+
+    def deliver(self, event: FlowEvent) -> None:
+        """Queue an event for the state machine (called by the controller)."""
+        if isinstance(event, CallerGone):
+            self.gone = self.gone or event
+        try:
+            self.inbox.put_nowait(event)
+        except asyncio.QueueFull:
+            # Drop policy: the inbox only overflows if the flow is stuck; a hang-up is never
+            # lost because ``gone`` is set above and checked before every wait.
+            log.warning("call inbox full; event dropped",
+                        extra={"call_id": self.call_id, "event": type(event).__name__})
+
+    async def next_event(self, within_s: float | None) -> FlowEvent | None:
+        """The next event, or None on timeout; raises :class:`CallerHungUp` once gone."""
+        if self.pending:
+            return self.pending.pop(0)
+        if self.gone is not None:
+            raise CallerHungUp(self.gone)
+        try:
+            if within_s is None:
+                event = await self.inbox.get()
+            else:
+                event = await asyncio.wait_for(self.inbox.get(), max(within_s, 0.0))
+        except TimeoutError:
+            return None
+        if isinstance(event, CallerGone):
+            raise CallerHungUp(event)
+        return event
+
+    # -- store -------------------------------------------------------------------------------
+
+    async def record(self, kind: str, data: dict[str, Any] | None = None,
+                     **values: Any) -> None:
+        """Durably append an event (and update fields) before the flow goes on."""
+        self.call = await asyncio.to_thread(self.ctx.store.record, self.call_id, kind,
+                                            data or {}, **values)
+
+    # -- prompts -----------------------------------------------------------------------------
+
+    async def play(self, keys: Sequence[str], interruptible: bool = True) -> CallerInput | None:
+        """Play prompts in order; a key or speech stops them and is returned."""
+        playback_id = uuid.uuid4().hex
+        media = ",".join(self.ctx.prompts.media(self.language, key) for key in keys)
+        self.ctx.register_playback(playback_id, self)
+        try:
+            await self.ctx.ari.request("POST", f"/channels/{self.channel_id}/play/{playback_id}",
+                                       params={"media": media})
+        except AriRequestError as exc:
+            if exc.status == 404:
+                raise CallerHungUp(self.gone or CallerGone(16, "channel gone")) from exc
+            raise
+        deferred: list[FlowEvent] = []
+        try:
+            while True:
+                event = await self.next_event(None)
+                if isinstance(event, PlaybackDone):
+                    if event.playback_id == playback_id:
+                        return None
+                elif isinstance(event, Dtmf | IntentHeard):
+                    if interruptible:
+                        await self.stop_playback(playback_id)
+                        return event
+                elif event is not None:
+                    deferred.append(event)  # for the state, after the prompt
+        finally:
+            self.pending.extend(deferred)
+
+    async def stop_playback(self, playback_id: str) -> None:
+        """Stop a playback if it is still going."""
+        with contextlib.suppress(AriError):
+            await self.ctx.ari.request("DELETE", f"/playbacks/{playback_id}")
+
+    async def wait_input(self, within_s: float) -> CallerInput | None:
+        """The caller's next key or utterance within ``within_s`` seconds."""
+        deadline = self.ctx.clock() + within_s
+        while True:
+            remaining = deadline - self.ctx.clock()
+            if remaining <= 0:
+                return None
+            event = await self.next_event(remaining)
+            if event is None:
+                return None
+            if isinstance(event, Dtmf | IntentHeard):
+                return event
+
+    async def collect_digits(self, first_timeout: float, digit_timeout: float,
+                             max_digits: int, terminator: str = "#") -> str:
+        """Digits until the terminator, ``max_digits``, or a pause."""
+        digits = ""
+        wait = first_timeout
+        while len(digits) < max_digits:
+            event = await self.wait_input(wait)
+            if event is None:
+                break
+            if isinstance(event, Dtmf):
+                if event.digit == terminator:
+                    break
+                digits += event.digit
+                wait = digit_timeout
+        return digits
+
+    # -- teardown ----------------------------------------------------------------------------
+
+    async def hangup_channel(self, channel_id: str | None) -> None:
+        """Hang up a channel; already gone is fine."""
+        if channel_id:
+            with contextlib.suppress(AriError):
+                await self.ctx.ari.request("DELETE", f"/channels/{channel_id}")
+
+    async def destroy_bridge(self, bridge_id: str | None) -> None:
+        """Destroy a bridge; already gone is fine."""
+        if bridge_id:
+            with contextlib.suppress(AriError):
+                await self.ctx.ari.request("DELETE", f"/bridges/{bridge_id}")

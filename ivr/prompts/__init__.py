@@ -1,0 +1,1 @@
+"""Spoken prompts of the call flow: the text catalogue and the build that speaks it to WAV files."""

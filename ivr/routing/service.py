@@ -1,0 +1,84 @@
+"""Routing as the rest of the service sees it: caller facts + stored rules -> a decision."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from ivr.routing.region import RegionResolution, RegionResolver
+from ivr.routing.rules import (
+    Calendar,
+    CallFacts,
+    RoutingDecision,
+    Rule,
+    decide,
+    load_default_rules,
+    rule_from_dict,
+    rule_to_dict,
+    rules_from_yaml,
+)
+from ivr.settings import RoutingSettings
+from ivr.store.repository import Store
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """A dry-run decision with the facts it used."""
+
+    decision: RoutingDecision
+    resolution: RegionResolution
+    rule: Rule | None
+
+
+class RoutingService:
+    """Resolves regions and applies the stored rules; also seeds them on first start."""
+
+    def __init__(self, store: Store, settings: RoutingSettings, regions: Sequence[str]) -> None:
+        self.store = store
+        self.settings = settings
+        self.regions = tuple(regions)
+        self.resolver = RegionResolver.from_yaml(settings.regions_file,
+                                                 default_region=settings.default_region)
+        self.calendar = Calendar(ZoneInfo(settings.timezone), frozenset(settings.holidays))
+        self._vip = frozenset(settings.vip_numbers)
+
+    def seed_rules(self) -> bool:
+        """Load the configured (or shipped) rules into an empty store; True when loaded."""
+        if self.settings.rules_file is not None:
+            rules = rules_from_yaml(self.settings.rules_file.read_text(encoding="utf-8"),
+                                    regions=self.regions)
+        else:
+            rules = load_default_rules(self.regions)
+        return self.store.seed_rules([rule_to_dict(rule) for rule in rules])
+
+    def rules(self) -> list[Rule]:
+        """The rules in force now (read fresh: a change applies to the next call)."""
+        return [rule_from_dict(body, regions=self.regions, index=i)
+                for i, body in enumerate(self.store.rule_bodies())]
+
+    def is_vip(self, caller_number: str) -> bool:
+        """Whether the number is on the VIP list (compared on digits)."""
+        digits = "".join(ch for ch in caller_number if ch.isdigit())
+        return caller_number in self._vip or digits in self._vip
+
+    def decide_for(self, caller_number: str, region: str, intent: str, language: str = "zh",
+                   verification: str | None = None,
+                   now: dt.datetime | None = None) -> tuple[RoutingDecision, Rule | None]:
+        """Decision for a call whose region is already resolved."""
+        facts = CallFacts(caller_number=caller_number, region=region, intent=intent,
+                          vip=self.is_vip(caller_number), verification=verification,
+                          language=language)
+        rules = self.rules()
+        decision = decide(facts, rules, now or dt.datetime.now(dt.UTC), self.calendar,
+                          self.regions)
+        rule = next((r for r in rules if r.id == decision.rule_id), None)
+        return decision, rule
+
+    def simulate(self, caller_number: str, intent: str,
+                 at: dt.datetime | None = None) -> Simulation:
+        """Resolve the region and decide, without a call."""
+        resolution = self.resolver.resolve(caller_number)
+        decision, rule = self.decide_for(caller_number, resolution.region, intent, now=at)
+        return Simulation(decision, resolution, rule)

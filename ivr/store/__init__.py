@@ -1,0 +1,1 @@
+"""Durable store: calls, call events, agents, routing rules, callback requests (SQLAlchemy 2)."""

@@ -1,0 +1,104 @@
+"""Tables. Times are stored as UTC; JSON columns hold decisions and paths as they were made."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+class CallRow(Base):
+    """One inbound call, from the first ring to the hang-up."""
+
+    __tablename__ = "calls"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    sip_call_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    channel_id: Mapped[str] = mapped_column(String(64), index=True)
+    caller_number: Mapped[str] = mapped_column(String(64))
+    dialed_number: Mapped[str] = mapped_column(String(32))
+    region: Mapped[str | None] = mapped_column(String(32))
+    region_source: Mapped[str | None] = mapped_column(String(16))
+    region_reason: Mapped[str | None] = mapped_column(String(200))
+    province: Mapped[str | None] = mapped_column(String(64))
+    city: Mapped[str | None] = mapped_column(String(64))
+    language: Mapped[str] = mapped_column(String(8), default="zh")
+    intent: Mapped[str | None] = mapped_column(String(32))
+    intent_source: Mapped[str | None] = mapped_column(String(16))
+    menu_path: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    state: Mapped[str] = mapped_column(String(24), index=True)
+    route: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    route_rule_id: Mapped[str | None] = mapped_column(String(64))
+    route_region: Mapped[str | None] = mapped_column(String(32))
+    overflow: Mapped[bool] = mapped_column(Boolean, default=False)
+    agent_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    agent_channel_id: Mapped[str | None] = mapped_column(String(64))
+    holding_bridge_id: Mapped[str | None] = mapped_column(String(64))
+    mixing_bridge_id: Mapped[str | None] = mapped_column(String(64))
+    verification: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    callback_number: Mapped[str | None] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    connected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    hangup_cause: Mapped[str | None] = mapped_column(String(64))
+    hangup_by: Mapped[str | None] = mapped_column(String(16))
+
+
+class CallEventRow(Base):
+    """Something that happened on a call, in order."""
+
+    __tablename__ = "call_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    kind: Mapped[str] = mapped_column(String(40))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class AgentRow(Base):
+    """An agent phone (PJSIP endpoint) with its region and skills."""
+
+    __tablename__ = "agents"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    region: Mapped[str] = mapped_column(String(32), index=True)
+    skills: Mapped[list[str]] = mapped_column(JSON, default=list)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RoutingRuleRow(Base):
+    """One routing rule as managed data (its body is the rule's dict form)."""
+
+    __tablename__ = "routing_rules"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, index=True)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_by: Mapped[str] = mapped_column(String(64))
+
+
+class CallbackRequestRow(Base):
+    """A caller asked to be called back on a number they typed."""
+
+    __tablename__ = "callback_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    number: Mapped[str] = mapped_column(String(32))
+    region: Mapped[str | None] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    notes: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,274 @@
+"""The store's operations. Synchronous (SQLAlchemy sessions); async callers use ``to_thread``.
+
+Every write commits before it returns, so a caller that awaited it knows the data is on disk.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ivr.store.models import AgentRow, CallbackRequestRow, CallEventRow, CallRow, RoutingRuleRow
+
+ACTIVE_STATES = ("ringing", "greeting", "menu", "callback", "queued", "ringing_agent",
+                 "connected")
+
+
+def utcnow() -> datetime:
+    """Aware current time in UTC."""
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite returns naive datetimes even for timezone=True columns; they were stored as UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+@dataclass(frozen=True)
+class StoredCall:
+    """A call record as stored."""
+
+    id: str
+    sip_call_id: str | None
+    channel_id: str
+    caller_number: str
+    dialed_number: str
+    region: str | None
+    region_source: str | None
+    region_reason: str | None
+    province: str | None
+    city: str | None
+    language: str
+    intent: str | None
+    intent_source: str | None
+    menu_path: list[Any]
+    state: str
+    route: dict[str, Any] | None
+    route_rule_id: str | None
+    route_region: str | None
+    overflow: bool
+    agent_id: str | None
+    agent_channel_id: str | None
+    holding_bridge_id: str | None
+    mixing_bridge_id: str | None
+    verification: dict[str, Any] | None
+    callback_number: str | None
+    started_at: datetime
+    answered_at: datetime | None
+    queued_at: datetime | None
+    connected_at: datetime | None
+    ended_at: datetime | None
+    hangup_cause: str | None
+    hangup_by: str | None
+
+    @classmethod
+    def from_row(cls, row: CallRow) -> StoredCall:
+        """Copy a row (times made aware)."""
+        values = {f.name: getattr(row, f.name) for f in fields(cls)}
+        for key, value in values.items():
+            if isinstance(value, datetime):
+                values[key] = _aware(value)
+        values["menu_path"] = list(values["menu_path"] or [])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class CallEvent:
+    """One stored event of a call."""
+
+    id: int
+    call_id: str
+    at: datetime
+    kind: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CallbackRequest:
+    """A stored callback request."""
+
+    id: int
+    call_id: str
+    number: str
+    region: str | None
+    reason: str
+    created_at: datetime
+    status: str
+
+
+_CALL_COLUMNS = frozenset(f.name for f in fields(StoredCall)) - {"id"}
+
+
+class Store:
+    """Calls, events, agents, rules and callbacks on one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def _session(self) -> Session:
+        return self._sessions()
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def create_call(self, *, channel_id: str, caller_number: str, dialed_number: str,
+                    sip_call_id: str | None, state: str = "ringing",
+                    started_at: datetime | None = None, **extra: Any) -> StoredCall:
+        """Insert a new call and its first event."""
+        unknown = set(extra) - _CALL_COLUMNS
+        if unknown:
+            raise ValueError(f"unknown call fields: {sorted(unknown)}")
+        now = started_at or utcnow()
+        row = CallRow(id=uuid.uuid4().hex, channel_id=channel_id, caller_number=caller_number,
+                      dialed_number=dialed_number, sip_call_id=sip_call_id, state=state,
+                      started_at=now, menu_path=[], overflow=False, language="zh", **extra)
+        with self._session() as session, session.begin():
+            session.add(row)
+            session.flush()
+            session.add(CallEventRow(call_id=row.id, at=now, kind="call_started",
+                                     data={"state": state}))
+        return StoredCall.from_row(row)
+
+    def update_call(self, call_id: str, **values: Any) -> StoredCall:
+        """Change fields of a call; raises KeyError for an unknown call."""
+        unknown = set(values) - _CALL_COLUMNS
+        if unknown:
+            raise ValueError(f"unknown call fields: {sorted(unknown)}")
+        with self._session() as session, session.begin():
+            row = session.get(CallRow, call_id)
+            if row is None:
+                raise KeyError(call_id)
+            for key, value in values.items():
+                setattr(row, key, value)
+        return StoredCall.from_row(row)
+
+    def record(self, call_id: str, kind: str, data: dict[str, Any] | None = None,
+               **values: Any) -> StoredCall:
+        """Append an event and (optionally) change call fields in one transaction."""
+        unknown = set(values) - _CALL_COLUMNS
+        if unknown:
+            raise ValueError(f"unknown call fields: {sorted(unknown)}")
+        with self._session() as session, session.begin():
+            row = session.get(CallRow, call_id)
+            if row is None:
+                raise KeyError(call_id)
+            for key, value in values.items():
+                setattr(row, key, value)
+            session.add(CallEventRow(call_id=call_id, at=utcnow(), kind=kind, data=data or {}))
+        return StoredCall.from_row(row)
+
+    def get_call(self, call_id: str) -> StoredCall | None:
+        """A call by our id or by the SIP Call-ID of its inbound leg."""
+        with self._session() as session:
+            row = session.get(CallRow, call_id)
+            if row is None:
+                row = session.scalars(
+                    select(CallRow).where(CallRow.sip_call_id == call_id)
+                    .order_by(CallRow.started_at.desc())).first()
+            return StoredCall.from_row(row) if row else None
+
+    def find_by_channel(self, channel_id: str) -> StoredCall | None:
+        """The call whose caller or agent leg is ``channel_id``."""
+        with self._session() as session:
+            row = session.scalars(select(CallRow).where(or_(
+                CallRow.channel_id == channel_id, CallRow.agent_channel_id == channel_id))
+            ).first()
+            return StoredCall.from_row(row) if row else None
+
+    def list_calls(self, *, active: bool | None = None, region: str | None = None,
+                   intent: str | None = None, limit: int = 50, offset: int = 0
+                   ) -> list[StoredCall]:
+        """Newest first, filtered."""
+        query = select(CallRow).order_by(CallRow.started_at.desc(), CallRow.id)
+        if active is True:
+            query = query.where(CallRow.state.in_(ACTIVE_STATES))
+        elif active is False:
+            query = query.where(CallRow.state.not_in(ACTIVE_STATES))
+        if region is not None:
+            query = query.where(CallRow.region == region)
+        if intent is not None:
+            query = query.where(CallRow.intent == intent)
+        with self._session() as session:
+            rows = session.scalars(query.limit(limit).offset(offset)).all()
+            return [StoredCall.from_row(r) for r in rows]
+
+    def active_calls(self) -> list[StoredCall]:
+        """Every call not yet ended (for reconciliation after a restart)."""
+        return self.list_calls(active=True, limit=100_000)
+
+    def events(self, call_id: str) -> list[CallEvent]:
+        """The call's events in order."""
+        with self._session() as session:
+            rows = session.scalars(select(CallEventRow).where(CallEventRow.call_id == call_id)
+                                   .order_by(CallEventRow.id)).all()
+            return [CallEvent(r.id, r.call_id, _aware(r.at) or r.at, r.kind, dict(r.data or {}))
+                    for r in rows]
+
+    # -- callbacks ---------------------------------------------------------------------------
+
+    def add_callback(self, call_id: str, number: str, region: str | None,
+                     reason: str) -> CallbackRequest:
+        """Store a callback request (and the number on the call record)."""
+        now = utcnow()
+        with self._session() as session, session.begin():
+            row = CallbackRequestRow(call_id=call_id, number=number, region=region,
+                                     reason=reason, created_at=now, status="open")
+            session.add(row)
+            call = session.get(CallRow, call_id)
+            if call is not None:
+                call.callback_number = number
+            session.add(CallEventRow(call_id=call_id, at=now, kind="callback_requested",
+                                     data={"region": region, "reason": reason}))
+            session.flush()
+            return CallbackRequest(row.id, call_id, number, region, reason, now, "open")
+
+    def callbacks(self, call_id: str | None = None) -> list[CallbackRequest]:
+        """Callback requests, oldest first."""
+        query = select(CallbackRequestRow).order_by(CallbackRequestRow.id)
+        if call_id is not None:
+            query = query.where(CallbackRequestRow.call_id == call_id)
+        with self._session() as session:
+            return [CallbackRequest(r.id, r.call_id, r.number, r.region, r.reason,
+                                    _aware(r.created_at) or r.created_at, r.status)
+                    for r in session.scalars(query).all()]
+
+    # -- agents and rules --------------------------------------------------------------------
+
+    def upsert_agents(self, agents: Sequence[tuple[str, str, Sequence[str]]]) -> None:
+        """Insert or update agents as (id, region, skills)."""
+        now = utcnow()
+        with self._session() as session, session.begin():
+            for agent_id, region, skills in agents:
+                row = session.get(AgentRow, agent_id)
+                if row is None:
+                    session.add(AgentRow(id=agent_id, region=region, skills=list(skills),
+                                         enabled=True, updated_at=now))
+                else:
+                    row.region, row.skills, row.updated_at = region, list(skills), now
+
+    def rule_bodies(self) -> list[dict[str, Any]]:
+        """Stored routing rules (dict form) by position."""
+        with self._session() as session:
+            rows = session.scalars(select(RoutingRuleRow).order_by(RoutingRuleRow.position,
+                                                                   RoutingRuleRow.id)).all()
+            return [dict(r.body) for r in rows]
+
+    def seed_rules(self, bodies: Sequence[dict[str, Any]], by: str = "system") -> bool:
+        """Load rules only when the table is empty (first start); True when it loaded them."""
+        now = utcnow()
+        with self._session() as session, session.begin():
+            if session.scalars(select(RoutingRuleRow.id).limit(1)).first() is not None:
+                return False
+            for body in bodies:
+                session.add(RoutingRuleRow(id=str(body["id"]), position=int(body["position"]),
+                                           body=dict(body), version=1, updated_at=now,
+                                           updated_by=by))
+            return True
