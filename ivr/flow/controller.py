@@ -93,6 +93,7 @@ class HotlineController:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reg = _Registry()
         self._ari: AriClient | None = None
+        self._recent: dict[tuple[str, str, str, str], None] = {}
 
     # -- connection --------------------------------------------------------------------------
 
@@ -105,8 +106,7 @@ class HotlineController:
                     stream = await ari.subscribe()
                     try:
                         self._ari = ari
-                        await ari.request("POST", f"/applications/{self.creds.app}/subscription",
-                                          params={"eventSource": "endpoint:PJSIP"})
+                        await self._subscribe_agents(ari)
                         await self._sync_agents(ari)
                         await self._reconcile(ari)
                         self.readiness.set("ari", True)
@@ -191,7 +191,24 @@ class HotlineController:
 
     # -- events ------------------------------------------------------------------------------
 
+    def _seen_before(self, event: AriEvent) -> bool:
+        # A channel reachable through two subscriptions (its own and its endpoint's) gets each
+        # event twice; ARI events carry no id, so identical (type, time, channel) repeats go.
+        channel = event.raw.get("channel") or {}
+        key = (event.type, str(event.raw.get("timestamp", "")), str(channel.get("id", "")),
+               str(event.raw.get("digit", "")))
+        if not key[1] or event.type in ("EndpointStateChange", "PlaybackFinished"):
+            return False
+        if key in self._recent:
+            return True
+        self._recent[key] = None
+        if len(self._recent) > 512:
+            self._recent.pop(next(iter(self._recent)))
+        return False
+
     def _dispatch(self, event: AriEvent) -> None:
+        if self._seen_before(event):
+            return
         if isinstance(event, StasisStart):
             if event.args and event.args[0] == "agent":
                 self._agent_answered(event)
@@ -258,6 +275,14 @@ class HotlineController:
         self.distributor.set_registered(str(endpoint.get("resource")),
                                         endpoint.get("state") == "online", len(foreign))
         self._wake_waiting()
+
+    async def _subscribe_agents(self, ari: AriClient) -> None:
+        # Only the agents' endpoints: subscribing to all of PJSIP would also subscribe our app
+        # to every caller channel a second time, and ARI would deliver their events twice.
+        sources = [f"endpoint:PJSIP/{agent_id}" for agent_id in self.distributor.agents]
+        if sources:
+            await ari.request("POST", f"/applications/{self.creds.app}/subscription",
+                              params={"eventSource": ",".join(sources)})
 
     async def _sync_agents(self, ari: AriClient) -> None:
         for endpoint in await ari.request("GET", "/endpoints/PJSIP") or []:

@@ -16,6 +16,7 @@ import threading
 import time
 import wave
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from ivr.errors import SipPhoneError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# pjsua's compile-time PJSUA_MAX_ACC; going past it aborts the process.
+MAX_ACCOUNTS = 8
 
 try:  # pjsua2 is built from source by scripts/build_pjsua2; callers handle its absence.
     import pjsua2 as pj
@@ -87,6 +90,8 @@ class SipStack:
         self._finished: list[int] = []
         self._tokens = itertools.count(1)
         self._every_call: weakref.WeakSet[_PhoneCall] = weakref.WeakSet()
+        self._callers: OrderedDict[tuple[str, str], CallerPhone] = OrderedDict()
+        self._retired: list[Any] = []
         self.local_port = 0
 
     # -- thread plumbing ---------------------------------------------------------------------
@@ -207,7 +212,12 @@ class SipStack:
                 call.thisown = False
             for account in self._accounts:
                 account.shutdown()
+            # Phones may outlive the library; their accounts must then never be destroyed.
+            for account in (*self._accounts, *self._retired):
+                account.thisown = False
             self._accounts.clear()
+            self._retired.clear()
+            self._callers.clear()
             ep.libDestroy()
         except Exception:  # noqa: BLE001 - best effort at shutdown; logged, not raised
             log.exception("pjsua2 shutdown failed")
@@ -229,8 +239,30 @@ class SipStack:
     # -- phones ------------------------------------------------------------------------------
 
     def caller(self, number: str, pbx: str) -> CallerPhone:
-        """A phone whose From user (and so caller number) is ``number``; ``pbx`` is host:port."""
-        return CallerPhone(self, number, pbx)
+        """A phone whose From user (and so caller number) is ``number``; ``pbx`` is host:port.
+
+        Caller phones are reused per number; pjsua has a small fixed number of account slots,
+        so idle caller phones are retired (oldest first) to make room for new ones.
+        """
+        key = (number, pbx)
+        phone = self._callers.pop(key, None)
+        if phone is None:
+            while len(self._accounts) >= MAX_ACCOUNTS - 1:
+                idle = next((k for k, p in self._callers.items() if p.idle()), None)
+                if idle is None:
+                    raise SipPhoneError("all pjsua account slots are in use by active calls")
+                self._callers.pop(idle).close()
+            phone = CallerPhone(self, number, pbx)
+        self._callers[key] = phone
+        return phone
+
+    def _drop_account(self, account: Any) -> None:
+        if account in self._accounts:
+            self._accounts.remove(account)
+            account.shutdown()
+            # The SWIG object must not be destroyed by the garbage collector on another thread
+            # (pjlib asserts on unregistered threads): it stays here until libDestroy.
+            self._retired.append(account)
 
     def agent(self, agent_id: str, password: str, pbx: str,
               options: AgentOptions | None = None) -> AgentPhone:
@@ -328,6 +360,14 @@ class CallerPhone(_PhoneBase):
         self.account = stack.call_soon(
             lambda: stack._new_account(stack._account_config(number, pbx), self))
 
+    def idle(self) -> bool:
+        """No call of this phone is still going."""
+        return all(record.disconnected_at is not None for record in self.calls)
+
+    def close(self) -> None:
+        """Remove this phone's account (after its calls ended)."""
+        self.stack.call_soon(lambda: self.stack._drop_account(self.account))
+
     def dial(self, destination: str, record_to: Path | None = None) -> PhoneCall:
         """Start a call to ``destination`` (a number at the PBX); returns at once."""
 
@@ -383,6 +423,22 @@ class AgentPhone(_PhoneBase):
                             f"registration of {self.agent_id}")
         if not self.registered:
             raise SipPhoneError(f"{self.agent_id}: registration refused ({self.reg_status})")
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Unregister (REGISTER with expiry 0) and remove the account; calls are hung up."""
+        for call in self.active:
+            call.hangup()
+
+        def shutdown() -> None:
+            if self.registered:
+                self.account.setRegistration(False)
+
+        try:
+            self.stack.call_soon(shutdown)
+            self.stack.wait_for(lambda: not self.registered, timeout,
+                                f"{self.agent_id} to unregister")
+        finally:
+            self.stack.call_soon(lambda: self.stack._drop_account(self.account))
 
     def on_incoming(self, call_id: int) -> None:
         call = _PhoneCall(self.stack, self, self.account, call_id)
