@@ -15,10 +15,11 @@ from typing import Any
 
 import httpx
 
-from conftest import RunningAsterisk
 from ivr.asterisk.instance import free_port
 from ivr.sip.audio import write_tone
 from ivr.sip.phone import AgentOptions, AgentPhone, PhoneCall, SipStack
+
+from conftest import RunningAsterisk
 
 RULES = Path(__file__).resolve().parent / "data" / "rules.yaml"
 

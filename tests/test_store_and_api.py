@@ -1,0 +1,117 @@
+"""The store on real SQLite (WAL, migrations) and the calls / simulate API over it."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from ivr.api.app import ApiServices, create_app
+from ivr.flow.controller import Readiness
+from ivr.routing.service import RoutingService
+from ivr.settings import RoutingSettings
+from ivr.store.db import make_engine, migrate, sqlite_url
+from ivr.store.repository import Store
+
+pytestmark = pytest.mark.unit
+REGIONS = ("north", "east", "south", "west")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    engine = make_engine(sqlite_url(tmp_path))
+    migrate(engine)
+    migrate(engine)  # idempotent
+    return Store(engine)
+
+
+def test_database_is_wal_private_and_migrated(tmp_path: Path, store: Store) -> None:
+    path = tmp_path / "ivr.sqlite3"
+    assert path.stat().st_mode & 0o077 == 0
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        version = db.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert version == "0001"
+    assert {"calls", "call_events", "agents", "routing_rules", "callback_requests"} <= tables
+
+
+def test_call_lifecycle_is_recorded_and_found_by_either_id(tmp_path: Path, store: Store) -> None:
+    call = store.create_call(channel_id="ch-1", caller_number="01012345678",
+                             dialed_number="4008101111", sip_call_id="sip-abc", region="north")
+    store.record(call.id, "routed", {"rule": "x"}, intent="billing", state="queued")
+    store.add_callback(call.id, "13912345678", "north", "no_agents")
+    store.record(call.id, "ended", {}, state="ended", ended_at=datetime.now(UTC),
+                 hangup_cause="callback_requested")
+    # A second connection (another process) sees everything that was acknowledged.
+    other = Store(make_engine(sqlite_url(tmp_path)))
+    for key in (call.id, "sip-abc"):
+        got = other.get_call(key)
+        assert got is not None and got.id == call.id
+    assert got.callback_number == "13912345678" and got.state == "ended"
+    assert [e.kind for e in other.events(call.id)] == [
+        "call_started", "routed", "callback_requested", "ended"]
+    assert other.find_by_channel("ch-1") is not None
+    assert [c.id for c in other.list_calls(active=False)] == [call.id]
+    assert other.list_calls(active=True) == []
+    with pytest.raises(ValueError, match="unknown call fields"):
+        store.update_call(call.id, colour="red")
+    with pytest.raises(KeyError):
+        store.update_call("nope", state="ended")
+
+
+def _client(store: Store) -> TestClient:
+    routing = RoutingService(store, RoutingSettings(), REGIONS)
+    assert routing.seed_rules() is True
+    assert routing.seed_rules() is False  # only on first start
+    return TestClient(create_app(ApiServices(Readiness(), store, routing)))
+
+
+def test_calls_endpoints(store: Store) -> None:
+    client = _client(store)
+    call = store.create_call(channel_id="ch-9", caller_number="02012345678",
+                             dialed_number="4008101111", sip_call_id="sip-9", region="south")
+    body = client.get("/api/v1/calls/sip-9").json()
+    assert body["call_id"] == call.id and body["region"] == "south"
+    assert body["route"] == {"region": None, "agent_id": None}
+    assert body["events"][0]["kind"] == "call_started"
+    listing = client.get("/api/v1/calls", params={"active": "true"}).json()
+    assert [c["call_id"] for c in listing["items"]] == [call.id]
+    missing = client.get("/api/v1/calls/unknown")
+    assert missing.status_code == 404 and missing.json()["message"] == "no call 'unknown'"
+    assert client.get("/api/v1/calls", params={"limit": 0}).status_code == 422
+
+
+def test_simulate_shows_the_decision_and_the_rule(store: Store) -> None:
+    client = _client(store)
+    weekday_noon = "2026-11-18T12:00:00+08:00"
+    body = client.post("/api/v1/routing/simulate", json={
+        "caller_number": "02012345678", "intent": "complaint", "at": weekday_noon}).json()
+    assert body["decision"]["region"] == "south"
+    assert body["decision"]["action"] == "queue"
+    assert body["rule"]["id"] == "complaints"
+    assert body["region"]["source"] == "landline"
+    night = client.post("/api/v1/routing/simulate", json={
+        "caller_number": "13800210000", "intent": "billing",
+        "at": "2026-11-18T23:30:00+08:00"}).json()
+    assert night["decision"]["action"] == "callback"
+    assert night["decision"]["region"] == "east"
+
+
+@pytest.mark.parametrize("body", [
+    {"caller_number": "01012345678", "intent": "pizza"},
+    {"caller_number": 123, "intent": "billing"},
+    {"caller_number": "01012345678", "intent": "billing", "at": "yesterday"},
+    {"intent": "billing"},
+    {"caller_number": "01012345678", "intent": "billing", "extra": 1},
+])
+def test_simulate_rejects_bad_bodies_naming_the_field(store: Store,
+                                                     body: dict[str, object]) -> None:
+    response = _client(store).post("/api/v1/routing/simulate", json=body)
+    assert response.status_code == 422
+    problem = response.json()
+    assert set(problem) == {"status", "error_id", "message", "details"}
+    assert problem["details"], "the error must say which field is wrong"
