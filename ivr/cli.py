@@ -6,12 +6,11 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -57,25 +56,9 @@ def cmd_asterisk(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if status["running"] else 3
 
 
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[TextIO]:
-    """pjlib prints its start-up banner on fd 1; keep stdout clean for JSON."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    real = os.fdopen(os.dup(saved), "w", encoding="utf-8")
-    try:
-        yield real
-    finally:
-        real.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-        real.close()
-
-
 def cmd_call(args: argparse.Namespace, settings: Settings) -> int:
     """``ivr call``: place one real SIP call through the local Asterisk and report on it."""
-    from ivr.sip.phone import SipStack
+    from ivr.sip.phone import SipStack, stdout_to_stderr
 
     instance = _instance(settings)
     state = instance.load_state()
@@ -83,7 +66,7 @@ def cmd_call(args: argparse.Namespace, settings: Settings) -> int:
         raise IvrError(f"asterisk instance '{instance.name}' is not running; "
                        "start it with `ivr asterisk up`")
     pbx = f"127.0.0.1:{state.ports.sip}"
-    with _stdout_to_stderr() as out, SipStack() as stack:
+    with stdout_to_stderr() as out, SipStack() as stack:
         caller = stack.caller(args.from_number, pbx)
         call = caller.dial(args.to or state.hotline_number,
                            record_to=Path(args.record) if args.record else None)
@@ -145,7 +128,7 @@ def _route_of(settings: Settings, sip_call_id: str) -> dict[str, Any]:
 
 def cmd_agents(args: argparse.Namespace, settings: Settings) -> int:
     """``ivr agents``: register simulated agent phones and answer calls until interrupted."""
-    from ivr.sip.phone import AgentOptions, SipStack
+    from ivr.sip.phone import AgentOptions, SipStack, stdout_to_stderr
 
     instance = _instance(settings)
     state = instance.load_state()
@@ -160,7 +143,7 @@ def cmd_agents(args: argparse.Namespace, settings: Settings) -> int:
     options = AgentOptions(answer_after_s=args.answer_after,
                            record_dir=Path(args.record_dir) if args.record_dir else None,
                            play=Path(args.play) if args.play else None)
-    with _stdout_to_stderr() as out, SipStack() as stack:
+    with stdout_to_stderr() as out, SipStack() as stack:
         phones = [stack.agent(a.agent_id, a.password, f"127.0.0.1:{state.ports.sip}", options)
                   for a in accounts]
         for phone in phones:

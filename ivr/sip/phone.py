@@ -9,31 +9,50 @@ fields and wake waiters.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import os
 import queue
+import sys
 import threading
 import time
 import wave
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 from ivr.errors import SipPhoneError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# pjsua's compile-time PJSUA_MAX_ACC; going past it aborts the process.
-MAX_ACCOUNTS = 8
+# PJSUA_MAX_ACC of our build (scripts/build_pjsua2); going past it aborts the process.
+MAX_ACCOUNTS = 32
 
 try:  # pjsua2 is built from source by scripts/build_pjsua2; callers handle its absence.
     import pjsua2 as pj
 except ImportError:  # pragma: no cover - depends on the machine
     pj = None
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[TextIO]:
+    """pjlib prints its start-up banner on fd 1; keep stdout clean for JSON."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    real = os.fdopen(os.dup(saved), "w", encoding="utf-8")
+    try:
+        yield real
+    finally:
+        real.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        real.close()
 
 
 def pjsua2_available() -> bool:
@@ -50,6 +69,7 @@ class StackOptions:
     # Codec preference; the first one the PBX also offers wins.
     codecs: tuple[str, ...] = ("G722/16000", "PCMU/8000", "PCMA/8000")
     log_level: int = 0
+    max_calls: int = 64  # PJSUA_MAX_CALLS of our build (scripts/build_pjsua2)
 
 
 @dataclass
@@ -57,6 +77,7 @@ class CallRecord:
     """What happened on one phone call; filled in by pjsua2 callbacks."""
 
     local_id: int
+    created_at: float = field(default_factory=time.monotonic)  # INVITE sent or received
     sip_call_id: str = ""
     remote_uri: str = ""
     state: str = "NULL"
@@ -170,6 +191,7 @@ class SipStack:
         cfg.uaConfig.threadCnt = 0
         cfg.uaConfig.mainThreadOnly = False
         cfg.uaConfig.userAgent = "hotline-ivr-testphone"
+        cfg.uaConfig.maxCalls = self.options.max_calls
         cfg.logConfig.level = self.options.log_level
         cfg.logConfig.consoleLevel = self.options.log_level
         cfg.medConfig.clockRate = self.options.clock_rate
@@ -375,7 +397,10 @@ class CallerPhone(_PhoneBase):
             call = _PhoneCall(self.stack, self, self.account, pj.PJSUA_INVALID_ID)
             call.record_to = record_to
             op = pj.CallOpParam(True)
-            call.makeCall(f"sip:{destination}@{self.pbx}", op)
+            try:
+                call.makeCall(f"sip:{destination}@{self.pbx}", op)
+            except pj.Error as exc:
+                raise SipPhoneError(f"dial {destination} failed: {exc.info()}") from None
             token = self.stack._register_call(call)
             self.calls.append(call.record)
             return PhoneCall(self.stack, token, call.record)
