@@ -50,3 +50,4 @@ def configure_logging(level: str) -> None:
     root.setLevel(level)
     # Request lines of our HTTP clients are noise at INFO (and carry ids, not data).
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -108,7 +108,7 @@ def _wait_status(url: str, status: int, timeout: float = 30.0) -> httpx.Response
                          f"{last.status_code if last else None} {last.text if last else ''}")
 
 
-def test_serve_reports_ready_only_while_ari_is_connected() -> None:
+def test_serve_reports_ready_only_while_ari_is_connected(tmp_path: Path) -> None:
     settings = make_test_settings()
     from ivr.asterisk.provision import locate_asterisk
 
@@ -119,8 +119,9 @@ def test_serve_reports_ready_only_while_ari_is_connected() -> None:
            "IVR_ASTERISK__SIP_PORT": str(settings.sip_port),
            "IVR_ASTERISK__RTP_START": str(settings.rtp_start),
            "IVR_ASTERISK__RTP_END": str(settings.rtp_end), "IVR_API_PORT": str(api_port)}
-    serve = subprocess.Popen(_ivr("serve", "--with-asterisk"), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, env=env)
+    # Logs go to a file: an unread pipe would fill up and block the server.
+    log = (tmp_path / "serve.log").open("wb")
+    serve = subprocess.Popen(_ivr("serve", "--with-asterisk"), stdout=log, stderr=log, env=env)
     base = f"http://127.0.0.1:{api_port}/api/v1"
     try:
         assert _wait_status(f"{base}/health", 200).json() == {"status": "ok"}

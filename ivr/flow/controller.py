@@ -279,7 +279,13 @@ class HotlineController:
     async def _subscribe_agents(self, ari: AriClient) -> None:
         # Only the agents' endpoints: subscribing to all of PJSIP would also subscribe our app
         # to every caller channel a second time, and ARI would deliver their events twice.
-        sources = [f"endpoint:PJSIP/{agent_id}" for agent_id in self.distributor.agents]
+        # An agent configured here but missing on the PBX is logged, not fatal.
+        existing = {str(e.get("resource")) for e in await ari.request("GET", "/endpoints/PJSIP")
+                    or []}
+        missing = sorted(set(self.distributor.agents) - existing)
+        if missing:
+            log.warning("agents not configured on the PBX", extra={"agents": missing})
+        sources = [f"endpoint:PJSIP/{a}" for a in self.distributor.agents if a in existing]
         if sources:
             await ari.request("POST", f"/applications/{self.creds.app}/subscription",
                               params={"eventSource": ",".join(sources)})

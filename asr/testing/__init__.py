@@ -1,0 +1,1 @@
+"""Helpers that build tiny real models for tests (never imported at run time)."""
