@@ -6,16 +6,24 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 
+from asr.engine import EngineOptions, load_engine
+from asr.errors import AsrError
+from asr.intent import IntentClassifier
+from asr.media.receiver import PortPool
 from ivr.api.app import ApiServices, create_app
 from ivr.asterisk.instance import AriCredentials, AsteriskInstance
 from ivr.asterisk.provision import locate_asterisk
+from ivr.bus import EventBus
+from ivr.errors import IvrError
 from ivr.flow.controller import HotlineController, Readiness, distributor_for
 from ivr.flow.session import Prompts
 from ivr.routing.service import RoutingService
 from ivr.settings import Settings
+from ivr.speech.listener import SpeechServices
 from ivr.store.db import make_engine, migrate, sqlite_url
 from ivr.store.repository import Store
 
@@ -54,6 +62,41 @@ def open_store(settings: Settings) -> Store:
     return Store(engine)
 
 
+def default_model_dir(settings: Settings) -> Path | None:
+    """The configured Whisper folder, or the first one under ``models/whisper``."""
+    if settings.asr.model_dir is not None:
+        return settings.asr.model_dir
+    root = Path(__file__).resolve().parents[1] / "models" / "whisper"
+    folders = sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []
+    return folders[0] if folders else None
+
+
+async def load_speech(settings: Settings, store: Store, readiness: Readiness
+                      ) -> SpeechServices | None:
+    """Engine + classifier, or None (keypad-only mode, said in /ready and the logs)."""
+    if not settings.asr.enabled:
+        readiness.degrade("asr", "speech disabled by configuration: keypad only")
+        return None
+    model_dir = default_model_dir(settings)
+    if model_dir is None:
+        readiness.degrade("asr", "no Whisper model in models/whisper: keypad only")
+        log.warning("no speech model; keypad-only mode")
+        return None
+    try:
+        engine = await asyncio.to_thread(load_engine, EngineOptions(
+            model_dir=model_dir, device=settings.asr.device, language=settings.asr.language,
+            hotwords=settings.asr.hotwords))
+        classifier = await asyncio.to_thread(IntentClassifier.default)
+    except (AsrError, IvrError) as exc:
+        readiness.degrade("asr", f"speech model unusable, keypad only: {exc}")
+        log.warning("speech model unusable; keypad-only mode", extra={"error": str(exc)})
+        return None
+    log.info("speech path ready", extra={"model": engine.model_name, "device": engine.device})
+    return SpeechServices(engine, classifier,
+                          PortPool(settings.asr.rtp_port_start, settings.asr.rtp_port_end),
+                          store, EventBus(), settings.asr)
+
+
 async def serve_async(settings: Settings) -> None:
     """Run controller and API until cancelled or the API server stops."""
     readiness = Readiness()
@@ -61,6 +104,7 @@ async def serve_async(settings: Settings) -> None:
     routing = RoutingService(store, settings.routing, settings.regions)
     if await asyncio.to_thread(routing.seed_rules):
         log.info("routing rules loaded into an empty store")
+    speech = await load_speech(settings, store, readiness)
     link = pbx_link(settings)
     controller: HotlineController | None = None
     controller_task: asyncio.Task[None] | None = None
@@ -74,7 +118,7 @@ async def serve_async(settings: Settings) -> None:
         controller = HotlineController(
             link.creds, readiness, store, routing,
             distributor_for(link.agents, skills, settings.flow.wrap_up_s),
-            Prompts(link.sounds_dir), settings.flow)
+            Prompts(link.sounds_dir), settings.flow, speech=speech)
         controller_task = asyncio.create_task(controller.run())
     app = create_app(ApiServices(readiness, store, routing))
     config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port,
@@ -90,6 +134,8 @@ async def serve_async(settings: Settings) -> None:
                 await controller_task
         if controller is not None:
             await controller.aclose()
+        if speech is not None:
+            await speech.engine.aclose()
 
 
 def serve(settings: Settings) -> None:

@@ -90,6 +90,23 @@ class RoutingSettings(BaseModel):
         return value
 
 
+class AsrSettings(BaseModel):
+    """The speech path: model, device and the controller's RTP ports for ExternalMedia."""
+
+    enabled: bool = True
+    model_dir: Path | None = None  # None: models/whisper/<first folder>, if any
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    language: str | None = "zh"
+    hotwords: str | None = None
+    # Where Asterisk sends each call's audio (slin16 RTP); one port per listened leg.
+    rtp_port_start: int = Field(46000, ge=1024, le=65535)
+    rtp_port_end: int = Field(46999, ge=1024, le=65535)
+    min_intent_confidence: float = Field(0.5, ge=0, le=1)
+    partial_every_s: float = Field(1.0, gt=0)
+    # Debugging only: raw PCM of every listened leg is written here (personal data!).
+    debug_audio_dir: Path | None = None
+
+
 class RemoteAriSettings(BaseModel):
     """ARI of an Asterisk that this process does not run (for example from a container)."""
 
@@ -117,6 +134,7 @@ class Settings(BaseSettings):
     asterisk: AsteriskSettings = Field(default_factory=AsteriskSettings)  # type: ignore[arg-type]
     flow: FlowSettings = Field(default_factory=FlowSettings)  # type: ignore[arg-type]
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    asr: AsrSettings = Field(default_factory=AsrSettings)  # type: ignore[arg-type]
     # When set, the controller uses this ARI instead of the local instance's (`ivr asterisk up`).
     ari: RemoteAriSettings | None = None
 

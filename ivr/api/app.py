@@ -20,6 +20,7 @@ from ivr.api.schemas import (
     Route,
     SimulateIn,
     SimulateOut,
+    TranscriptLine,
 )
 from ivr.flow.controller import Readiness
 from ivr.routing.rules import INTENTS, rule_to_dict
@@ -98,6 +99,19 @@ def calls_router(services: ApiServices) -> APIRouter:
                              events=[CallEventOut(at=e.at, kind=e.kind, data=e.data)
                                      for e in events])
 
+    @router.get("/calls/{call_id}/transcript", response_model=list[TranscriptLine])
+    async def get_transcript(call_id: str) -> list[TranscriptLine]:
+        """Every recognised utterance of the call (caller and agent), in time order."""
+        store = _store(services)
+        call = await asyncio.to_thread(store.get_call, call_id)
+        if call is None:
+            raise HTTPException(404, f"no call {call_id!r}")
+        entries = await asyncio.to_thread(store.transcript, call.id)
+        return [TranscriptLine(speaker=e.speaker, start_s=e.start_s, end_s=e.end_s, text=e.text,
+                               language=e.language, confidence=e.confidence, model=e.model,
+                               intent=e.intent, intent_confidence=e.intent_confidence,
+                               dropped_reason=e.dropped_reason) for e in entries]
+
     @router.post("/routing/simulate", response_model=SimulateOut)
     async def simulate(body: SimulateIn) -> SimulateOut:
         """Where a call from this number about this intent would go (at ``at``, or now)."""
@@ -143,7 +157,8 @@ def create_app(services: ApiServices | Readiness) -> FastAPI:
     async def ready() -> JSONResponse:
         """503 until everything the service needs is connected; the body says what is missing."""
         missing = readiness.missing()
-        body = {"ready": not missing, "missing": missing, "checks": readiness.checks()}
+        body = {"ready": not missing, "missing": missing, "checks": readiness.checks(),
+                "degraded": readiness.degraded()}
         return JSONResponse(body, status_code=200 if not missing else 503)
 
     app.include_router(calls_router(services))

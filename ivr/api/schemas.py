@@ -87,3 +87,18 @@ class SimulateOut(BaseModel):
     decision: dict[str, Any]
     rule: dict[str, Any] | None
     region: dict[str, Any]
+
+
+class TranscriptLine(BaseModel):
+    """One utterance of a call."""
+
+    speaker: str
+    start_s: float
+    end_s: float
+    text: str
+    language: str
+    confidence: float
+    model: str
+    intent: str | None
+    intent_confidence: float | None
+    dropped_reason: str | None

@@ -39,11 +39,22 @@ from ivr.flow.events import (
     Wake,
 )
 from ivr.flow.session import CallSession, FlowContext, Prompts
-from ivr.flow.states import Connected, Ended, Greeting, Queued, QueuePlan, Routing, State, run_call
+from ivr.flow.states import (
+    Connected,
+    Ended,
+    Greeting,
+    Queued,
+    QueuePlan,
+    Routing,
+    State,
+    listen,
+    run_call,
+)
 from ivr.routing.acd import Distributor, agents_from_accounts
 from ivr.routing.rules import RoutingDecision
 from ivr.routing.service import RoutingService
 from ivr.settings import FlowSettings
+from ivr.speech.listener import SpeechServices
 from ivr.store.repository import Store, StoredCall
 
 log = logging.getLogger(__name__)
@@ -54,6 +65,15 @@ class Readiness:
 
     def __init__(self) -> None:
         self._checks: dict[str, bool] = {"ari": False}
+        self._degraded: dict[str, str] = {}
+
+    def degrade(self, name: str, reason: str) -> None:
+        """Note a capability that is off without stopping calls (e.g. speech -> keypad only)."""
+        self._degraded[name] = reason
+
+    def degraded(self) -> dict[str, str]:
+        """Capabilities that are off, and why."""
+        return dict(self._degraded)
 
     def set(self, name: str, ok: bool) -> None:
         """Record the state of one dependency."""
@@ -81,7 +101,8 @@ class HotlineController:
 
     def __init__(self, creds: AriCredentials, readiness: Readiness, store: Store,
                  routing: RoutingService, distributor: Distributor, prompts: Prompts,
-                 flow: FlowSettings, max_backoff_s: float = 10.0) -> None:
+                 flow: FlowSettings, max_backoff_s: float = 10.0,
+                 speech: SpeechServices | None = None) -> None:
         self.creds = creds
         self.readiness = readiness
         self.store = store
@@ -90,6 +111,8 @@ class HotlineController:
         self.prompts = prompts
         self.flow = flow
         self.max_backoff_s = max_backoff_s
+        self.speech = speech
+        self._media_channels: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._reg = _Registry()
         self._ari: AriClient | None = None
@@ -152,7 +175,8 @@ class HotlineController:
             ari=ari, store=self.store, distributor=self.distributor, prompts=self.prompts,
             settings=self.flow, app=self.creds.app, route_call=self._route_call,
             register_channel=self._register_channel, register_playback=self._register_playback,
-            forget=self._forget, wake_waiting=self._wake_waiting)
+            forget=self._forget, wake_waiting=self._wake_waiting, speech=self.speech,
+            ignore_channel=self._media_channels.add)
 
     def _route_call(self, s: CallSession, intent: str) -> RoutingDecision:
         decision, _rule = self.routing.decide_for(
@@ -210,6 +234,8 @@ class HotlineController:
         if self._seen_before(event):
             return
         if isinstance(event, StasisStart):
+            if event.channel.id in self._media_channels or event.args[:1] == ("snoop",):
+                return  # our own listening legs (snoop / ExternalMedia)
             if event.args and event.args[0] == "agent":
                 self._agent_answered(event)
             else:
@@ -227,6 +253,8 @@ class HotlineController:
         channel = getattr(event, "channel", None)
         if channel is None:
             return
+        if isinstance(event, ChannelDestroyed):
+            self._media_channels.discard(channel.id)
         flow_event = self._flow_event(event, channel.id)
         if flow_event is None:
             return
@@ -329,13 +357,21 @@ class HotlineController:
         for call in await asyncio.to_thread(self.store.active_calls):
             known.update(c for c in (call.channel_id, call.agent_channel_id) if c)
             await self._reconcile_call(ari, call, in_app, bridges)
+        referenced = {b for call in await asyncio.to_thread(self.store.active_calls)
+                      for b in (call.holding_bridge_id, call.mixing_bridge_id) if b}
+        for bridge_id in set(app.get("bridge_ids") or []) - referenced:
+            # Listening bridges of a controller that died, or bridges of calls already closed.
+            with contextlib.suppress(AriError):
+                await ari.request("DELETE", f"/bridges/{bridge_id}")
         for channel_id in in_app - known:
             # In our application but not in the store: an agent leg is hung up; a caller is
             # treated as a new call that goes straight to the human queue.
             channel = await self._channel(ari, channel_id)
             if channel is None:
                 continue
-            if str(channel.get("name", "")).startswith("PJSIP/agent-"):
+            name = str(channel.get("name", ""))
+            if (name.startswith(("PJSIP/agent-", "Snoop/", "UnicastRTP/"))
+                    or channel_id.startswith(("snoop-", "media-", "agent-"))):
                 await self._hangup(ari, channel_id)
                 continue
             caller = (channel.get("caller") or {}).get("number", "")
@@ -405,6 +441,7 @@ class _Answer:
     async def run(self, s: CallSession) -> State | None:
         await s.ctx.ari.request("POST", f"/channels/{s.channel_id}/answer")
         await s.record("answered", {}, answered_at=datetime.now(UTC), state="greeting")
+        await listen(s, s.channel_id, "caller")
         return Greeting()
 
 

@@ -9,14 +9,25 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ivr.ari.client import AriClient
 from ivr.errors import AriError, AriRequestError
-from ivr.flow.events import CallerGone, CallerInput, Dtmf, FlowEvent, IntentHeard, PlaybackDone
+from ivr.flow.events import (
+    CallerGone,
+    CallerInput,
+    Dtmf,
+    FlowEvent,
+    IntentHeard,
+    PlaybackDone,
+    SpeechStarted,
+)
 from ivr.routing.acd import Distributor
 from ivr.settings import FlowSettings
 from ivr.store.repository import Store, StoredCall
+
+if TYPE_CHECKING:
+    from ivr.speech.listener import LegListener, SpeechServices
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +69,8 @@ class FlowContext:
     forget: Callable[[CallSession], None]
     wake_waiting: Callable[[], None]
     clock: Callable[[], float] = time.monotonic
+    speech: SpeechServices | None = None  # None: keypad only
+    ignore_channel: Callable[[str], None] = lambda _channel: None
 
 
 @dataclass
@@ -78,6 +91,7 @@ class CallSession:
     mixing_bridge_id: str | None = None
     state_name: str = "ringing"
     pending: list[FlowEvent] = field(default_factory=list)
+    listeners: list[LegListener] = field(default_factory=list)
 
     @property
     def call_id(self) -> str:
@@ -148,6 +162,9 @@ class CallSession:
                     if interruptible:
                         await self.stop_playback(playback_id)
                         return event
+                elif isinstance(event, SpeechStarted):
+                    if interruptible:  # barge-in: the caller talks over the prompt
+                        await self.stop_playback(playback_id)
                 elif event is not None:
                     deferred.append(event)  # for the state, after the prompt
         finally:

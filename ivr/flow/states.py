@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from asr.errors import AsrError
 from ivr.errors import AriError, AriUnavailableError
 from ivr.flow.events import AgentAnswered, AgentGone, CallerInput, Dtmf
 from ivr.flow.session import CallerHungUp, CallSession
@@ -307,6 +308,7 @@ class Connected:
                            agent_channel_id=s.agent_channel_id, holding_bridge_id=None,
                            mixing_bridge_id=s.mixing_bridge_id,
                            route_region=agent.region if agent else s.call.route_region)
+            await listen(s, s.agent_channel_id, "agent")
         while True:
             event = await s.next_event(None)
             if isinstance(event, AgentGone) and event.channel_id == s.agent_channel_id:
@@ -361,6 +363,9 @@ class Ended:
     async def run(self, s: CallSession) -> State | None:
         dist = s.ctx.distributor
         dist.leave(s.call_id)
+        for listener in s.listeners:
+            await listener.close()
+        s.listeners.clear()
         if s.agent_id is not None:
             dist.release(s.agent_id, s.call_id, talked=s.call.connected_at is not None)
         await s.hangup_channel(s.agent_channel_id)
@@ -372,6 +377,28 @@ class Ended:
                        ended_at=datetime.now(UTC), hangup_cause=self.cause, hangup_by=self.by)
         s.ctx.wake_waiting()
         return None
+
+
+async def listen(s: CallSession, channel_id: str | None, speaker: str) -> None:
+    """Start transcribing one leg; without speech services, or on failure, stay keypad-only."""
+    speech = s.ctx.speech
+    if speech is None or channel_id is None:
+        return
+    from ivr.speech.listener import LegListener
+
+    listener = LegListener(speech, s.ctx.ari, s.ctx.app, s.call_id, channel_id, speaker,
+                           s.call.started_at, s.deliver if speaker == "caller" else None,
+                           s.ctx.ignore_channel)
+    try:
+        await listener.start()
+    except AriUnavailableError:
+        raise
+    except (AriError, AsrError, OSError) as exc:
+        log.warning("speech path unavailable for this leg", extra={
+            "call_id": s.call_id, "speaker": speaker, "error": type(exc).__name__})
+        await s.record("speech_unavailable", {"speaker": speaker, "error": type(exc).__name__})
+        return
+    s.listeners.append(listener)
 
 
 async def run_call(s: CallSession, first: State) -> None:

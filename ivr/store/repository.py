@@ -14,7 +14,14 @@ from typing import Any
 from sqlalchemy import Engine, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ivr.store.models import AgentRow, CallbackRequestRow, CallEventRow, CallRow, RoutingRuleRow
+from ivr.store.models import (
+    AgentRow,
+    CallbackRequestRow,
+    CallEventRow,
+    CallRow,
+    RoutingRuleRow,
+    TranscriptRow,
+)
 
 ACTIVE_STATES = ("ringing", "greeting", "menu", "callback", "queued", "ringing_agent",
                  "connected")
@@ -102,6 +109,25 @@ class CallbackRequest:
     reason: str
     created_at: datetime
     status: str
+
+
+@dataclass(frozen=True)
+class TranscriptEntry:
+    """One stored utterance of a call."""
+
+    id: int
+    call_id: str
+    speaker: str
+    start_s: float
+    end_s: float
+    text: str
+    language: str
+    confidence: float
+    model: str
+    intent: str | None
+    intent_confidence: float | None
+    dropped_reason: str | None
+    created_at: datetime
 
 
 _CALL_COLUMNS = frozenset(f.name for f in fields(StoredCall)) - {"id"}
@@ -212,6 +238,30 @@ class Store:
             return [CallEvent(r.id, r.call_id, _aware(r.at) or r.at, r.kind, dict(r.data or {}))
                     for r in rows]
 
+    # -- transcripts -------------------------------------------------------------------------
+
+    def add_transcript(self, call_id: str, *, speaker: str, start_s: float, end_s: float,
+                       text: str, language: str, confidence: float, model: str,
+                       intent: str | None = None, intent_confidence: float | None = None,
+                       dropped_reason: str | None = None) -> TranscriptEntry:
+        """Store one final utterance."""
+        now = utcnow()
+        with self._session() as session, session.begin():
+            row = TranscriptRow(call_id=call_id, speaker=speaker, start_s=start_s, end_s=end_s,
+                                text=text, language=language, confidence=confidence,
+                                model=model, intent=intent, intent_confidence=intent_confidence,
+                                dropped_reason=dropped_reason, created_at=now)
+            session.add(row)
+            session.flush()
+            return _entry(row)
+
+    def transcript(self, call_id: str) -> list[TranscriptEntry]:
+        """A call's utterances in time order."""
+        with self._session() as session:
+            rows = session.scalars(select(TranscriptRow).where(TranscriptRow.call_id == call_id)
+                                   .order_by(TranscriptRow.start_s, TranscriptRow.id)).all()
+            return [_entry(r) for r in rows]
+
     # -- callbacks ---------------------------------------------------------------------------
 
     def add_callback(self, call_id: str, number: str, region: str | None,
@@ -272,3 +322,10 @@ class Store:
                                            body=dict(body), version=1, updated_at=now,
                                            updated_by=by))
             return True
+
+
+def _entry(row: TranscriptRow) -> TranscriptEntry:
+    return TranscriptEntry(row.id, row.call_id, row.speaker, row.start_s, row.end_s, row.text,
+                           row.language, row.confidence, row.model, row.intent,
+                           row.intent_confidence, row.dropped_reason,
+                           _aware(row.created_at) or row.created_at)

@@ -1,0 +1,1 @@
+"""Wires the ``asr`` speech path into calls: ExternalMedia legs, transcripts, intents."""

@@ -1,0 +1,191 @@
+"""Listening to one leg of a call: snoop + ExternalMedia (slin16 RTP) -> VAD -> Whisper -> intent.
+
+For each listened leg the controller asks Asterisk for a snoop channel on the leg (``spy=in``:
+only what that party says) and an ExternalMedia channel that sends the snooped audio as RTP to a
+port of ours, both joined in a small mixing bridge. The leg itself never changes bridges for
+this, so the caller can move from the menu to the queue to the agent while we keep listening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from asr.engine import AsrEngine, Transcript
+from asr.errors import AsrError
+from asr.frames import SpeechStarted, Utterance
+from asr.intent import IntentClassifier
+from asr.media.receiver import PortPool, RtpReceiver
+from asr.vad import TurnDetector, VadOptions
+from ivr.ari.client import AriClient
+from ivr.bus import EventBus
+from ivr.errors import AriError
+from ivr.flow.events import FlowEvent, IntentHeard
+from ivr.flow.events import SpeechStarted as FlowSpeechStarted
+from ivr.settings import AsrSettings
+from ivr.store.repository import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SpeechServices:
+    """What every listener shares: one engine, one classifier, the port pool, store and bus."""
+
+    engine: AsrEngine
+    classifier: IntentClassifier
+    ports: PortPool
+    store: Store
+    bus: EventBus
+    settings: AsrSettings
+    vad: VadOptions = field(default_factory=VadOptions)
+
+
+class LegListener:
+    """Transcribes one party of one call; delivers barge-in and intents to the call's flow."""
+
+    def __init__(self, services: SpeechServices, ari: AriClient, app: str, call_id: str,
+                 channel_id: str, speaker: str, call_started_at: datetime,
+                 deliver: Callable[[FlowEvent], None] | None,
+                 ignore_channel: Callable[[str], None]) -> None:
+        self.services = services
+        self.ari = ari
+        self.app = app
+        self.call_id = call_id
+        self.channel_id = channel_id
+        self.speaker = speaker
+        self.deliver = deliver
+        self.ignore_channel = ignore_channel
+        self.call_started_at = call_started_at
+        tag = uuid.uuid4().hex[:12]
+        self.snoop_id = f"snoop-{tag}"
+        self.media_id = f"media-{tag}"
+        self.bridge_id = f"listen-{tag}"
+        self.port: int | None = None
+        self.receiver: RtpReceiver | None = None
+        self.language: str | None = services.settings.language
+        self._task: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+        self._offset_s = 0.0
+        self._debug: BinaryIO | None = None
+
+    async def start(self) -> None:
+        """Open the RTP port and ask Asterisk to send this leg's audio there."""
+        services = self.services
+        self.port = services.ports.allocate()
+        try:
+            self.receiver = await RtpReceiver.bind(self.port)
+            for channel in (self.snoop_id, self.media_id):
+                self.ignore_channel(channel)
+            await self.ari.request("POST", f"/channels/{self.channel_id}/snoop", params={
+                "spy": "in", "app": self.app, "appArgs": f"snoop,{self.call_id}",
+                "snoopId": self.snoop_id})
+            await self.ari.request("POST", "/channels/externalMedia", params={
+                "app": self.app, "external_host": f"127.0.0.1:{self.port}", "format": "slin16",
+                "channelId": self.media_id, "encapsulation": "rtp", "transport": "udp"})
+            await self.ari.request("POST", "/bridges", params={
+                "type": "mixing", "bridgeId": self.bridge_id, "name": f"listen-{self.call_id}"})
+            await self.ari.request("POST", f"/bridges/{self.bridge_id}/addChannel",
+                                   params={"channel": f"{self.snoop_id},{self.media_id}"})
+        except BaseException:
+            await self.close()
+            raise
+        self._offset_s = (datetime.now(self.call_started_at.tzinfo) - self.call_started_at
+                          ).total_seconds()
+        self._task = asyncio.create_task(self._listen())
+
+    async def _listen(self) -> None:
+        assert self.receiver is not None
+        detector = TurnDetector(self.services.vad)
+        folder = self.services.settings.debug_audio_dir
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            # Raw 16 kHz little-endian PCM, written as it arrives (debugging only).
+            self._debug = (Path(folder) / f"{self.call_id}-{self.speaker}.s16le").open("wb")
+        async for chunk in self.receiver:
+            if self._debug is not None:
+                self._debug.write(chunk.pcm)
+                self._debug.flush()
+            for event in detector.process(chunk.pcm, chunk.timestamp_s):
+                if isinstance(event, SpeechStarted) and self.deliver is not None:
+                    self.deliver(FlowSpeechStarted())
+                elif isinstance(event, Utterance):
+                    task = asyncio.create_task(self._recognise(event))
+                    self._pending.add(task)
+                    task.add_done_callback(self._pending.discard)
+
+    async def _recognise(self, utterance: Utterance) -> None:
+        services = self.services
+        started = time.monotonic()
+        try:
+            transcript = await services.engine.transcribe(
+                utterance.pcm, call_id=self.call_id, language=self.language,
+                offset_s=self._offset_s + utterance.audio_start_s)
+        except AsrError as exc:
+            log.warning("utterance not recognised", extra={"call_id": self.call_id,
+                                                           "error": type(exc).__name__})
+            return
+        intent, confidence = self._intent(transcript)
+        start_s = self._offset_s + utterance.start_s
+        end_s = self._offset_s + utterance.end_s
+        await asyncio.to_thread(
+            services.store.add_transcript, self.call_id, speaker=self.speaker, start_s=start_s,
+            end_s=end_s, text=transcript.text, language=transcript.language,
+            confidence=transcript.confidence, model=transcript.model, intent=intent,
+            intent_confidence=confidence, dropped_reason=transcript.dropped_reason)
+        services.bus.publish("transcript.final", self.call_id, {
+            "speaker": self.speaker, "start_s": round(start_s, 3), "end_s": round(end_s, 3),
+            "text": transcript.text, "language": transcript.language, "intent": intent,
+            "seconds": round(time.monotonic() - started, 3)})
+        if self.deliver is not None and self.speaker == "caller" and not transcript.dropped:
+            self.deliver(IntentHeard(intent or "unknown", confidence or 0.0, transcript.text))
+
+    def _intent(self, transcript: Transcript) -> tuple[str | None, float | None]:
+        if transcript.dropped or not transcript.text:
+            return None, None
+        result = self.services.classifier.classify(
+            transcript.text, threshold=self.services.settings.min_intent_confidence)
+        return result.intent, result.confidence
+
+    async def close(self) -> None:
+        """Stop listening and remove what we created in Asterisk; safe to call twice."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        for task in list(self._pending):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 10.0)
+        with contextlib.suppress(AriError):
+            await self.ari.request("DELETE", f"/bridges/{self.bridge_id}")
+        for channel in (self.snoop_id, self.media_id):
+            with contextlib.suppress(AriError):
+                await self.ari.request("DELETE", f"/channels/{channel}")
+        if self.receiver is not None:
+            await self.receiver.aclose()
+            self.receiver = None
+        if self.port is not None:
+            self.services.ports.release(self.port)
+            self.port = None
+        self._write_debug()
+
+    def _write_debug(self) -> None:
+        if self._debug is not None:
+            self._debug.close()
+            self._debug = None
+
+    def stats(self) -> dict[str, Any]:
+        """RTP counters of this leg."""
+        if self.receiver is None:
+            return {}
+        stats = self.receiver.stats
+        return {k: v for k, v in vars(stats).items() if isinstance(v, int)}
