@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from hotline import Hotline, running_hotline
+from hotline import Agents, Hotline, running_hotline, wait_until
 
 from ivr.sip.audio import Pcm, band_energy_ratio, dominant_frequency, read_wav, write_tone
 from ivr.sip.phone import SipStack
@@ -178,5 +178,59 @@ def test_without_a_usable_model_calls_go_on_keypad_only(
             call.hangup()
             call.wait_ended()
             assert record["intent"] == "ticket_status"
+    finally:
+        speech_hotline.start()
+
+
+def test_agent_leg_is_transcribed_too(speech_hotline: Hotline, sip_stack: SipStack,
+                                      asterisk: RunningAsterisk, artifacts: Path) -> None:
+    speech, _on, _off = _spoken(artifacts / "agent.wav", "thank you for calling, how can I help")
+    team = Agents(sip_stack, asterisk, artifacts)
+    try:
+        team.register("north", play=speech)
+        caller = sip_stack.caller("01066667777", asterisk.pbx)
+        call = caller.dial(asterisk.state.hotline_number)
+        call.wait_connected()
+        time.sleep(1.0)
+        call.send_dtmf("1")
+        record = speech_hotline.wait_call(call.record.sip_call_id,
+                                          lambda c: c["state"] == "connected", 40)
+        url = f"{speech_hotline.api}/calls/{record['call_id']}/transcript"
+        wait_until(lambda: any(line["speaker"] == "agent"
+                               for line in httpx.get(url, timeout=5).json()), 20,
+                   "an utterance of the agent in the transcript")
+        call.hangup()
+        call.wait_ended()
+        lines = httpx.get(url, timeout=5).json()
+        connected_s = (datetime.fromisoformat(record["connected_at"].replace("Z", "+00:00"))
+                       .timestamp() - _call_start(record))
+        agent_lines = [line for line in lines if line["speaker"] == "agent"]
+        assert all(line["start_s"] >= connected_s - 0.5 for line in agent_lines)
+    finally:
+        team.close()
+
+
+@pytest.mark.skipif(not os.environ.get("IVR_TEST_WHISPER_MODEL"),
+                    reason="needs trained Whisper weights: set IVR_TEST_WHISPER_MODEL to a "
+                           "CTranslate2 model folder (scripts/fetch_models.py downloads one)")
+def test_spoken_request_routes_the_call_with_a_trained_model(
+        asterisk: RunningAsterisk, sip_stack: SipStack, tmp_path: Path, artifacts: Path,
+        speech_hotline: Hotline) -> None:
+    model = Path(os.environ["IVR_TEST_WHISPER_MODEL"])
+    wav, _on, _off = _spoken(artifacts / "billing.wav", "I have a question about my bill")
+    speech_hotline.stop()
+    try:
+        with running_hotline(asterisk, tmp_path, **_speech_env(model, tmp_path)) as real:
+            caller = sip_stack.caller("02112345678", asterisk.pbx)
+            call = caller.dial(asterisk.state.hotline_number)
+            call.wait_connected()
+            time.sleep(1.0)
+            call.play(wav)
+            record = real.wait_call(call.record.sip_call_id,
+                                    lambda c: c["intent"] is not None, 30)
+            call.hangup()
+            call.wait_ended()
+            assert record["intent"] == "billing"
+            assert record["intent_source"] == "speech"
     finally:
         speech_hotline.start()

@@ -102,6 +102,9 @@ class Menu:
             elif isinstance(heard, Dtmf) and heard.digit == settings.english_key:
                 s.menu_path.append(heard.digit)
                 s.language = "en" if s.language == "zh" else "zh"
+                for listener in s.listeners:
+                    if listener.speaker == "caller":
+                        listener.language = s.language
                 await s.record("language", {"language": s.language}, language=s.language,
                                menu_path=list(s.menu_path))
                 heard = None

@@ -76,6 +76,7 @@ class LegListener:
         self._pending: set[asyncio.Task[None]] = set()
         self._offset_s = 0.0
         self._debug: BinaryIO | None = None
+        self._partial_busy = False
 
     async def start(self) -> None:
         """Open the RTP port and ask Asterisk to send this leg's audio there."""
@@ -110,17 +111,49 @@ class LegListener:
             folder.mkdir(parents=True, exist_ok=True)
             # Raw 16 kHz little-endian PCM, written as it arrives (debugging only).
             self._debug = (Path(folder) / f"{self.call_id}-{self.speaker}.s16le").open("wb")
+        every = self.services.settings.partial_every_s
+        speech: list[bytes] | None = None  # audio of the turn in progress, for partials
+        speech_start = 0.0
+        next_partial = 0.0
         async for chunk in self.receiver:
             if self._debug is not None:
                 self._debug.write(chunk.pcm)
                 self._debug.flush()
+            if speech is not None:
+                speech.append(chunk.pcm)
+                if chunk.timestamp_s >= next_partial and not self._partial_busy:
+                    next_partial = chunk.timestamp_s + every
+                    self._spawn(self._partial(b"".join(speech), speech_start))
             for event in detector.process(chunk.pcm, chunk.timestamp_s):
-                if isinstance(event, SpeechStarted) and self.deliver is not None:
-                    self.deliver(FlowSpeechStarted())
+                if isinstance(event, SpeechStarted):
+                    speech, speech_start = [], event.at_s
+                    next_partial = event.at_s + every
+                    if self.deliver is not None:
+                        self.deliver(FlowSpeechStarted())
                 elif isinstance(event, Utterance):
-                    task = asyncio.create_task(self._recognise(event))
-                    self._pending.add(task)
-                    task.add_done_callback(self._pending.discard)
+                    speech = None
+                    self._spawn(self._recognise(event))
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _partial(self, pcm: bytes, start_s: float) -> None:
+        """About once a second while the party speaks: what was said so far, for live views."""
+        self._partial_busy = True
+        try:
+            transcript = await self.services.engine.transcribe_partial(
+                pcm, call_id=self.call_id, language=self.language,
+                offset_s=self._offset_s + start_s)
+        except AsrError:
+            return  # partials are best effort; the final transcript is what is stored
+        finally:
+            self._partial_busy = False
+        if not transcript.dropped:
+            self.services.bus.publish("transcript.partial", self.call_id, {
+                "speaker": self.speaker, "start_s": round(self._offset_s + start_s, 3),
+                "text": transcript.text, "language": transcript.language})
 
     async def _recognise(self, utterance: Utterance) -> None:
         services = self.services
