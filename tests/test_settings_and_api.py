@@ -58,7 +58,10 @@ def test_health_and_readiness_say_what_is_missing() -> None:
     readiness.set("ari", True)
     response = client.get("/api/v1/ready")
     assert response.status_code == 200
-    assert response.json() == {"ready": True, "missing": [], "checks": {"ari": True}}
+    assert response.json() == {"ready": True, "missing": [], "checks": {"ari": True},
+                               "degraded": {}}
+    readiness.degrade("asr", "no model: keypad only")
+    assert client.get("/api/v1/ready").json()["degraded"] == {"asr": "no model: keypad only"}
 
 
 def test_unknown_path_uses_the_error_shape() -> None:

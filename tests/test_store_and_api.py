@@ -35,8 +35,9 @@ def test_database_is_wal_private_and_migrated(tmp_path: Path, store: Store) -> N
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         version = db.execute("SELECT version_num FROM alembic_version").fetchone()[0]
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert version == "0001"
-    assert {"calls", "call_events", "agents", "routing_rules", "callback_requests"} <= tables
+    assert version == "0002"
+    assert {"calls", "call_events", "agents", "routing_rules", "callback_requests",
+            "transcripts"} <= tables
 
 
 def test_call_lifecycle_is_recorded_and_found_by_either_id(tmp_path: Path, store: Store) -> None:
@@ -115,3 +116,19 @@ def test_simulate_rejects_bad_bodies_naming_the_field(store: Store,
     problem = response.json()
     assert set(problem) == {"status", "error_id", "message", "details"}
     assert problem["details"], "the error must say which field is wrong"
+
+
+def test_transcript_is_stored_and_served_in_time_order(store: Store) -> None:
+    client = _client(store)
+    call = store.create_call(channel_id="ch-t", caller_number="01012345678",
+                             dialed_number="4008101111", sip_call_id="sip-t")
+    store.add_transcript(call.id, speaker="agent", start_s=5.0, end_s=6.5, text="您好",
+                         language="zh", confidence=0.8, model="m")
+    store.add_transcript(call.id, speaker="caller", start_s=1.0, end_s=2.0, text="我要查账单",
+                         language="zh", confidence=0.9, model="m", intent="billing",
+                         intent_confidence=0.97)
+    lines = client.get("/api/v1/calls/sip-t/transcript").json()
+    assert [(line["speaker"], line["text"]) for line in lines] == [
+        ("caller", "我要查账单"), ("agent", "您好")]
+    assert lines[0]["intent"] == "billing"
+    assert client.get("/api/v1/calls/nope/transcript").status_code == 404

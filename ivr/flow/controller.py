@@ -145,12 +145,15 @@ class HotlineController:
             finally:
                 self.readiness.set("ari", False)
                 self._ari = None
-                self._drop_sessions()
+                await self._drop_sessions()
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, self.max_backoff_s)
 
-    def _drop_sessions(self) -> None:
+    async def _drop_sessions(self) -> None:
         # The calls stay in the store as they were; reconciliation picks them up again.
+        for session in list(self._reg.by_call.values()):
+            for listener in session.listeners:
+                await listener.close_local()
         for task in list(self._tasks):
             task.cancel()
         self._reg = _Registry()
@@ -429,6 +432,10 @@ class HotlineController:
             first, action = Routing("human_agent", "reconciled"), "human_queue"
         await session.record("reconciled", {"action": action, "from_state": call.state},
                              agent_channel_id=session.agent_channel_id)
+        # The listening legs died with the old connection; the conversation is heard again.
+        await listen(session, call.channel_id, "caller")
+        if action == "resume_connected":
+            await listen(session, call.agent_channel_id, "agent")
         log.info("call reconciled", extra={"call_id": call.id, "action": action})
         self._start(session, first)
 

@@ -211,6 +211,23 @@ class LegListener:
             self.port = None
         self._write_debug()
 
+    async def close_local(self) -> None:
+        """Release only what lives in this process (ARI is gone; Asterisk cleans up its side)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        for task in list(self._pending):
+            task.cancel()
+        if self.receiver is not None:
+            await self.receiver.aclose()
+            self.receiver = None
+        if self.port is not None:
+            self.services.ports.release(self.port)
+            self.port = None
+        self._write_debug()
+
     def _write_debug(self) -> None:
         if self._debug is not None:
             self._debug.close()
