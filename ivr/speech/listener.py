@@ -195,7 +195,7 @@ class LegListener:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
-        for task in list(self._pending):
+        for task in list(self._pending):  # let utterances already heard be stored
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 10.0)
         with contextlib.suppress(AriError):
@@ -203,13 +203,7 @@ class LegListener:
         for channel in (self.snoop_id, self.media_id):
             with contextlib.suppress(AriError):
                 await self.ari.request("DELETE", f"/channels/{channel}")
-        if self.receiver is not None:
-            await self.receiver.aclose()
-            self.receiver = None
-        if self.port is not None:
-            self.services.ports.release(self.port)
-            self.port = None
-        self._write_debug()
+        await self.close_local()
 
     async def close_local(self) -> None:
         """Release only what lives in this process (ARI is gone; Asterisk cleans up its side)."""

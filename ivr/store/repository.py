@@ -165,20 +165,15 @@ class Store:
 
     def update_call(self, call_id: str, **values: Any) -> StoredCall:
         """Change fields of a call; raises KeyError for an unknown call."""
-        unknown = set(values) - _CALL_COLUMNS
-        if unknown:
-            raise ValueError(f"unknown call fields: {sorted(unknown)}")
-        with self._session() as session, session.begin():
-            row = session.get(CallRow, call_id)
-            if row is None:
-                raise KeyError(call_id)
-            for key, value in values.items():
-                setattr(row, key, value)
-        return StoredCall.from_row(row)
+        return self._change(call_id, None, None, values)
 
     def record(self, call_id: str, kind: str, data: dict[str, Any] | None = None,
                **values: Any) -> StoredCall:
         """Append an event and (optionally) change call fields in one transaction."""
+        return self._change(call_id, kind, data, values)
+
+    def _change(self, call_id: str, kind: str | None, data: dict[str, Any] | None,
+                values: dict[str, Any]) -> StoredCall:
         unknown = set(values) - _CALL_COLUMNS
         if unknown:
             raise ValueError(f"unknown call fields: {sorted(unknown)}")
@@ -188,7 +183,9 @@ class Store:
                 raise KeyError(call_id)
             for key, value in values.items():
                 setattr(row, key, value)
-            session.add(CallEventRow(call_id=call_id, at=utcnow(), kind=kind, data=data or {}))
+            if kind is not None:
+                session.add(CallEventRow(call_id=call_id, at=utcnow(), kind=kind,
+                                         data=data or {}))
         return StoredCall.from_row(row)
 
     def get_call(self, call_id: str) -> StoredCall | None:
