@@ -177,6 +177,20 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_account(args: argparse.Namespace, settings: Settings) -> int:
+    """``ivr account add``: register a customer account and its phone number."""
+    from ivr.service import open_store
+    from ivr.verification.codes import AccountDirectory
+
+    store = open_store(settings)
+    try:
+        account = AccountDirectory(store.engine).add(args.id, args.phone)
+    except ValueError as exc:
+        raise IvrError(f"account not added: {exc}") from exc
+    _print({"account_id": account.id, "phone_number": account.phone_number}, args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ivr``."""
     parser = argparse.ArgumentParser(prog="ivr", description=__doc__)
@@ -210,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     agents.add_argument("--play", default=None, metavar="WAV", help="what the agents say")
     agents.add_argument("--record-dir", default=None)
     agents.set_defaults(func=cmd_agents)
+    account = sub.add_parser("account", help="customer accounts (for account-security calls)")
+    account.add_argument("action", choices=("add",))
+    account.add_argument("--id", required=True)
+    account.add_argument("--phone", required=True, help="the registered phone number")
+    account.add_argument("--json", action="store_true")
+    account.set_defaults(func=cmd_account)
     return parser
 
 

@@ -26,6 +26,12 @@ from ivr.settings import Settings
 from ivr.speech.listener import SpeechServices
 from ivr.store.db import make_engine, migrate, sqlite_url
 from ivr.store.repository import Store
+from ivr.verification.codes import (
+    AccountDirectory,
+    OneTimeCodes,
+    OutboxSender,
+    VerificationServices,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +103,13 @@ async def load_speech(settings: Settings, store: Store, readiness: Readiness
                           store, EventBus(), settings.asr)
 
 
+def verification_services(store: Store) -> VerificationServices:
+    """Accounts, one-time codes and the development outbox on the service's database."""
+    outbox = OutboxSender(store.engine)
+    return VerificationServices(AccountDirectory(store.engine),
+                                OneTimeCodes(store.engine, outbox), outbox)
+
+
 async def serve_async(settings: Settings) -> None:
     """Run controller and API until cancelled or the API server stops."""
     readiness = Readiness()
@@ -105,6 +118,7 @@ async def serve_async(settings: Settings) -> None:
     if await asyncio.to_thread(routing.seed_rules):
         log.info("routing rules loaded into an empty store")
     speech = await load_speech(settings, store, readiness)
+    verification = verification_services(store)
     link = pbx_link(settings)
     controller: HotlineController | None = None
     controller_task: asyncio.Task[None] | None = None
@@ -118,9 +132,10 @@ async def serve_async(settings: Settings) -> None:
         controller = HotlineController(
             link.creds, readiness, store, routing,
             distributor_for(link.agents, skills, settings.flow.wrap_up_s),
-            Prompts(link.sounds_dir), settings.flow, speech=speech)
+            Prompts(link.sounds_dir), settings.flow, speech=speech,
+            verification=verification)
         controller_task = asyncio.create_task(controller.run())
-    app = create_app(ApiServices(readiness, store, routing))
+    app = create_app(ApiServices(readiness, store, routing, outbox=verification.outbox))
     config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port,
                             log_level=settings.log_level.lower(), lifespan="off",
                             log_config=None)

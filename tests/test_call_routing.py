@@ -11,12 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hotline import Agents, Hotline, dial_and_press, running_hotline
 
 from ivr.sip.audio import Pcm, band_energy_ratio, read_wav, write_tone
 from ivr.sip.phone import SipStack
 
 from conftest import RunningAsterisk
+from hotline import Agents, Hotline, dial_and_press, running_hotline
 
 pytestmark = [pytest.mark.asterisk, pytest.mark.slow]
 

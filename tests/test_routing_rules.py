@@ -702,8 +702,13 @@ def test_default_rules_route_a_weekday_billing_call_home(default_rules: list[Rul
 
 @pytest.mark.parametrize(
     ("call", "skill", "priority"),
-    [(facts(vip=True), "billing", 10), (facts(intent="account_security"), "security", 5),
-     (facts(intent="account_security", vip=True), "security", 10),
+    [(facts(vip=True), "billing", 10),
+     # Identity not confirmed (no voiceprint, or it failed): tier 3, the security experts.
+     (facts(intent="account_security"), "security_expert", 6),
+     (facts(intent="account_security", verification="reject"), "security_expert", 6),
+     (facts(intent="account_security", verification="accept"), "security", 5),
+     (facts(intent="account_security", vip=True), "security_expert", 6),
+     (facts(intent="account_security", vip=True, verification="accept"), "security", 10),
      (facts(intent="complaint"), "complaint", 3), (facts(intent="capacity"), "capacity", 0)],
 )
 def test_default_rules_priorities(

@@ -15,12 +15,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from hotline import Agents, Hotline, running_hotline, wait_until
 
 from ivr.sip.audio import Pcm, band_energy_ratio, dominant_frequency, read_wav, write_tone
 from ivr.sip.phone import SipStack
 
 from conftest import RunningAsterisk
+from hotline import Agents, Hotline, running_hotline, wait_until
 
 pytestmark = [pytest.mark.asterisk, pytest.mark.model, pytest.mark.slow]
 

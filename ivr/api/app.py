@@ -17,6 +17,7 @@ from ivr.api.schemas import (
     CallEventOut,
     CallOut,
     CallPage,
+    OutboxOut,
     Route,
     SimulateIn,
     SimulateOut,
@@ -26,6 +27,7 @@ from ivr.flow.controller import Readiness
 from ivr.routing.rules import INTENTS, rule_to_dict
 from ivr.routing.service import RoutingService
 from ivr.store.repository import Store, StoredCall
+from ivr.verification.codes import OutboxSender
 
 
 def error_body(status: int, message: str, details: Any = None) -> dict[str, Any]:
@@ -41,6 +43,7 @@ class ApiServices:
     readiness: Readiness
     store: Store | None = None
     routing: RoutingService | None = None
+    outbox: OutboxSender | None = None  # the development code sender's messages
 
 
 def call_out(call: StoredCall) -> CallOut:
@@ -111,6 +114,16 @@ def calls_router(services: ApiServices) -> APIRouter:
                                language=e.language, confidence=e.confidence, model=e.model,
                                intent=e.intent, intent_confidence=e.intent_confidence,
                                dropped_reason=e.dropped_reason) for e in entries]
+
+    @router.get("/verification/outbox", response_model=list[OutboxOut])
+    async def outbox(account_id: str | None = None,
+                     limit: Annotated[int, Query(ge=1, le=200)] = 20) -> list[OutboxOut]:
+        """Messages of the development code sender, newest first (absent with a real gateway)."""
+        if services.outbox is None:
+            raise HTTPException(404, "no development outbox in this deployment")
+        messages = await asyncio.to_thread(services.outbox.messages, account_id, limit)
+        return [OutboxOut(account_id=m.account_id, phone_number=m.phone_number, body=m.body,
+                          created_at=m.created_at) for m in messages]
 
     @router.post("/routing/simulate", response_model=SimulateOut)
     async def simulate(body: SimulateIn) -> SimulateOut:

@@ -102,3 +102,12 @@ class TranscriptLine(BaseModel):
     intent: str | None
     intent_confidence: float | None
     dropped_reason: str | None
+
+
+class OutboxOut(BaseModel):
+    """A message the development code sender would have sent."""
+
+    account_id: str
+    phone_number: str
+    body: str
+    created_at: datetime

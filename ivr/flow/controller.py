@@ -56,6 +56,7 @@ from ivr.routing.service import RoutingService
 from ivr.settings import FlowSettings
 from ivr.speech.listener import SpeechServices
 from ivr.store.repository import Store, StoredCall
+from ivr.verification.codes import VerificationServices
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ class HotlineController:
     def __init__(self, creds: AriCredentials, readiness: Readiness, store: Store,
                  routing: RoutingService, distributor: Distributor, prompts: Prompts,
                  flow: FlowSettings, max_backoff_s: float = 10.0,
-                 speech: SpeechServices | None = None) -> None:
+                 speech: SpeechServices | None = None,
+                 verification: VerificationServices | None = None) -> None:
         self.creds = creds
         self.readiness = readiness
         self.store = store
@@ -112,6 +114,7 @@ class HotlineController:
         self.flow = flow
         self.max_backoff_s = max_backoff_s
         self.speech = speech
+        self.verification = verification
         self._media_channels: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._reg = _Registry()
@@ -179,7 +182,7 @@ class HotlineController:
             settings=self.flow, app=self.creds.app, route_call=self._route_call,
             register_channel=self._register_channel, register_playback=self._register_playback,
             forget=self._forget, wake_waiting=self._wake_waiting, speech=self.speech,
-            ignore_channel=self._media_channels.add)
+            ignore_channel=self._media_channels.add, verification=self.verification)
 
     def _route_call(self, s: CallSession, intent: str) -> RoutingDecision:
         decision, _rule = self.routing.decide_for(

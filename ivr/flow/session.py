@@ -28,6 +28,7 @@ from ivr.store.repository import Store, StoredCall
 
 if TYPE_CHECKING:
     from ivr.speech.listener import LegListener, SpeechServices
+    from ivr.verification.codes import VerificationServices
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class FlowContext:
     clock: Callable[[], float] = time.monotonic
     speech: SpeechServices | None = None  # None: keypad only
     ignore_channel: Callable[[str], None] = lambda _channel: None
+    verification: VerificationServices | None = None
 
 
 @dataclass

@@ -147,6 +147,10 @@ class Routing:
     name: str = "routing"
 
     async def run(self, s: CallSession) -> State | None:
+        if self.intent == "account_security" and s.call.verification is None:
+            from ivr.flow.verify import VerifyCode
+
+            return VerifyCode(self.intent, self.source)
         decision = s.ctx.route_call(s, self.intent)
         route = decision.to_json()
         await s.record("routed", route, intent=self.intent, intent_source=self.source,

@@ -1,0 +1,72 @@
+"""Tier 1 of account security in the call flow: a one-time code entered on the keypad.
+
+The result is written on the call (``verification``) and used by the routing rules: a caller
+who fails tier 1 never reaches tier 2 and goes to the security experts (tier 3). Until the
+voiceprint tier is wired in, a passed tier 1 is recorded as ``tier2: not_available`` and the
+decision stays ``none`` (a voiceprint never unlocks anything alone, and neither does a code).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ivr.flow.events import Dtmf
+from ivr.flow.session import CallSession
+
+if TYPE_CHECKING:
+    from ivr.flow.states import State
+
+
+@dataclass
+class VerifyCode:
+    """Send a code to the account's registered phone and have the caller key it in."""
+
+    intent: str
+    source: str
+    name: str = "verifying"
+
+    async def run(self, s: CallSession) -> State | None:
+        from ivr.flow.states import Routing
+
+        services = s.ctx.verification
+        if services is None:
+            await self._done(s, {"tier1": "not_available", "decision": "none"})
+            return Routing(self.intent, self.source)
+        account = await asyncio.to_thread(services.accounts.find_by_number,
+                                          s.call.caller_number)
+        if account is None:
+            await self._done(s, {"tier1": "no_account", "decision": "none"})
+            return Routing(self.intent, self.source)
+        code_id = await asyncio.to_thread(services.codes.issue, account, s.call_id)
+        result: dict[str, Any] = {"account_id": account.id, "tier1": "sent"}
+        await s.record("code_sent", {"account_id": account.id}, state=self.name,
+                       verification=result)
+        heard = await s.play(["otp_sent"])
+        settings = s.ctx.settings
+        reason = "no_input"
+        while True:
+            digits = heard.digit if isinstance(heard, Dtmf) and heard.digit != "#" else ""
+            if not (isinstance(heard, Dtmf) and heard.digit == "#"):
+                digits += await s.collect_digits(settings.callback_first_digit_s,
+                                                 settings.callback_digit_s, max_digits=12)
+            check = await asyncio.to_thread(services.codes.check, code_id, digits)
+            await s.record("code_checked", {"ok": check.ok, "reason": check.reason,
+                                            "attempts_left": check.attempts_left})
+            if check.ok:
+                await s.play(["verified"], interruptible=False)
+                await self._done(s, {**result, "tier1": "passed", "tier2": "not_available",
+                                     "decision": "none"})
+                return Routing(self.intent, self.source)
+            reason = check.reason
+            if check.attempts_left <= 0 or check.reason != "wrong":
+                break
+            heard = await s.play(["otp_wrong"])
+        await s.play(["otp_failed"], interruptible=False)
+        await self._done(s, {**result, "tier1": "failed", "tier1_reason": reason,
+                             "decision": "reject"})
+        return Routing(self.intent, self.source)
+
+    async def _done(self, s: CallSession, verification: dict[str, Any]) -> None:
+        await s.record("verification", verification, verification=verification)

@@ -1,0 +1,97 @@
+"""Account-security calls through Asterisk: the one-time code (tier 1) decides the route."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from ivr.sip.phone import SipStack
+
+from conftest import RunningAsterisk
+from hotline import Hotline, dial_and_press, running_hotline
+
+pytestmark = [pytest.mark.asterisk, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def hotline(asterisk: RunningAsterisk, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[Hotline]:
+    with running_hotline(asterisk, tmp_path_factory.mktemp("verify")) as running:
+        for account, phone in (("acct-good", "13800210000"), ("acct-bad", "13900001111")):
+            subprocess.run([sys.executable, "-m", "ivr.cli", "account", "add", "--id", account,
+                            "--phone", phone], env=running.env, check=True,
+                           capture_output=True)
+        yield running
+
+
+def _code_for(hotline: Hotline, account: str) -> str:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        messages = httpx.get(f"{hotline.api}/verification/outbox",
+                             params={"account_id": account}, timeout=5).json()
+        if messages:
+            match = re.search(r"code is (\d{6})", messages[0]["body"])
+            assert match is not None, messages[0]["body"]
+            return match.group(1)
+        time.sleep(0.2)
+    raise AssertionError(f"no code sent for {account}")
+
+
+def test_right_code_passes_tier_one(hotline: Hotline, sip_stack: SipStack,
+                                    asterisk: RunningAsterisk) -> None:
+    call = dial_and_press(sip_stack, asterisk, "13800210000", "3")
+    hotline.wait_call(call.record.sip_call_id, lambda c: c["state"] == "verifying", 30)
+    code = _code_for(hotline, "acct-good")
+    time.sleep(1.0)
+    call.send_dtmf(code + "#")
+    record = hotline.wait_call(call.record.sip_call_id,
+                               lambda c: c["route_decision"] is not None, 40)
+    call.hangup()
+    call.wait_ended()
+    assert record["intent"] == "account_security"
+    assert record["verification"]["account_id"] == "acct-good"
+    assert record["verification"]["tier1"] == "passed"
+    # No voiceprint yet: a code alone does not unlock anything, the experts take the call.
+    assert record["verification"]["decision"] == "none"
+    assert record["route_decision"]["skill"] == "security_expert"
+
+
+def test_wrong_code_never_reaches_tier_two(hotline: Hotline, sip_stack: SipStack,
+                                           asterisk: RunningAsterisk) -> None:
+    call = dial_and_press(sip_stack, asterisk, "13900001111", "3")
+    hotline.wait_call(call.record.sip_call_id, lambda c: c["state"] == "verifying", 30)
+    code = _code_for(hotline, "acct-bad")
+    wrong = "123456" if code != "123456" else "654321"
+    for _ in range(3):
+        time.sleep(1.0)
+        call.send_dtmf(wrong + "#")
+        time.sleep(2.5)  # the "wrong code" prompt
+    record = hotline.wait_call(call.record.sip_call_id,
+                               lambda c: c["route_decision"] is not None, 40)
+    call.hangup()
+    call.wait_ended()
+    verification = record["verification"]
+    assert verification["tier1"] == "failed"
+    assert verification["tier1_reason"] == "too_many_attempts"
+    assert verification["decision"] == "reject"
+    assert "tier2" not in verification
+    assert record["route_decision"]["skill"] == "security_expert"
+    checks = [e["data"] for e in record["events"] if e["kind"] == "code_checked"]
+    assert [c["reason"] for c in checks] == ["wrong", "wrong", "too_many_attempts"]
+
+
+def test_caller_without_an_account_goes_to_the_experts(hotline: Hotline, sip_stack: SipStack,
+                                                       asterisk: RunningAsterisk) -> None:
+    call = dial_and_press(sip_stack, asterisk, "13700007777", "3")
+    record = hotline.wait_call(call.record.sip_call_id,
+                               lambda c: c["route_decision"] is not None, 40)
+    call.hangup()
+    call.wait_ended()
+    assert record["verification"] == {"tier1": "no_account", "decision": "none"}
+    assert record["route_decision"]["skill"] == "security_expert"
