@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import json
 import os
+import string
 import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -62,11 +63,9 @@ class MasterKey:
                 "as 64 hex digits or base64"
             )
         raw: bytes | None = None
-        if len(text) == 2 * _KEY_BYTES:
-            try:
-                raw = bytes.fromhex(text)
-            except ValueError:
-                raw = None
+        # 32 bytes of base64 always end in "=", so a string of hex digits is meant as hex.
+        if all(ch in string.hexdigits for ch in text) and len(text) % 2 == 0:
+            raw = bytes.fromhex(text)
         if raw is None:
             try:
                 raw = base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)

@@ -106,7 +106,7 @@ def _locked(path: Path) -> Iterator[None]:
 def build_tiny_ecapa(out_dir: Path | None = None) -> Path:
     """Build the tiny random ECAPA folder (once; later calls return it at once) and return it."""
     import torch  # build-time only: keeps importing this module cheap
-    from hyperpyyaml import load_hyperpyyaml
+    from hyperpyyaml import load_hyperpyyaml  # type: ignore[import-untyped]  # no stubs
 
     final = (out_dir or default_model_dir()).expanduser().resolve()
     if (final / CHECKPOINT_NAME).is_file():
