@@ -41,7 +41,7 @@ def fail(state: LockoutState, clock: Clock, events: list[LockoutEvent]) -> Locko
 
 
 def test_four_failures_need_no_wait_and_the_fifth_starts_a_30_s_backoff() -> None:
-    clock, events = Clock(), []
+    clock, events = Clock(), list[LockoutEvent]()
     state = LockoutState("acct-1")
     for _ in range(4):
         state = fail(state, clock, events)
@@ -75,7 +75,7 @@ def test_four_failures_need_no_wait_and_the_fifth_starts_a_30_s_backoff() -> Non
 
 
 def test_success_resets_the_counter_and_leaving_backoff_is_an_event() -> None:
-    clock, events = Clock(), []
+    clock, events = Clock(), list[LockoutEvent]()
     state = LockoutState("acct-2")
     for _ in range(3):
         state = fail(state, clock, events)
@@ -94,7 +94,7 @@ def test_success_resets_the_counter_and_leaving_backoff_is_an_event() -> None:
 
 
 def test_fifty_failures_disable_until_a_person_reenables() -> None:
-    clock, events = Clock(), []
+    clock, events = Clock(), list[LockoutEvent]()
     state = LockoutState("acct-3")
     for _ in range(50):
         state = fail(state, clock, events)

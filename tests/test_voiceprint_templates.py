@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import os
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -70,7 +71,8 @@ def test_any_flipped_bit_is_refused(key: MasterKey, embedding: np.ndarray, field
     sealed = seal(embedding, "tpl-1", "acct-1", key)
     value = bytearray(getattr(sealed, field))
     value[len(value) // 2] ^= 0x01
-    tampered = dataclasses.replace(sealed, **{field: bytes(value)})
+    changes: dict[str, Any] = {field: bytes(value)}
+    tampered = dataclasses.replace(sealed, **changes)
     with pytest.raises(TemplateError, match=WRONG_KEY):
         open_template(tampered, "tpl-1", "acct-1", key)
     with pytest.raises(TemplateError, match="unknown format version"):

@@ -34,11 +34,12 @@ MAX_OFFSET_S: Final = 1.0
 MIN_OVERLAP_FRAMES: Final = 50
 
 # Measured with espeak-ng 1.51 (en-us) "3 8 1 9 0 4" at 16 kHz, similarity to the original of:
-#   copies: gain 0.6 + 8 kHz u-law round trip + white noise at 40/30/25/20 dB SNR:
-#   0.84/0.77/0.71/0.63; the 30 dB copy shifted 0.5 s: 0.71, trimmed by 0.73 s: 0.73;
-#   not copies: "7 2 5 6 1 8" 0.11, "4 0 9 1 8 3" 0.11, same digits at -s 140 0.09, -s 200 0.10,
-#   -p 70 0.27, -p 30 0.38; "3 8 1 7 2 5" (first half the identical synthetic audio) 0.44.
-# 0.5 sits above every non-copy, including the half-identical one, and below a copy at 20 dB SNR.
+#   copies (sox gain + 8 kHz u-law round trip + white noise): gain 0.6 at 30 dB SNR 0.78,
+#   gain 1.4 at 25 dB 0.71; gain 0.6 at 40/20 dB 0.84/0.63; shifted 0.5 s later 0.72,
+#   first 0.73 s cut off 0.73;
+#   not copies: "7 2 5 6 1 8" 0.11, same digits at -s 140 0.09, -s 200 0.10, -p 70 0.27,
+#   -p 30 0.38; "3 8 1 7 2 5" (its first half is the identical synthetic audio) 0.44.
+# 0.5 sits above every non-copy, even the half-identical one, and below a copy at 20 dB SNR.
 DEFAULT_REPLAY_THRESHOLD: Final = 0.5
 
 _MAGIC: Final = b"VFP"
