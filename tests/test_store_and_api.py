@@ -35,7 +35,7 @@ def test_database_is_wal_private_and_migrated(tmp_path: Path, store: Store) -> N
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         version = db.execute("SELECT version_num FROM alembic_version").fetchone()[0]
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert version == "0003"
+    assert version == "0004"
     assert {"calls", "call_events", "agents", "routing_rules", "callback_requests",
             "transcripts"} <= tables
 

@@ -9,7 +9,8 @@ Exception tree::
     ├── AuditChainError       the decision log's hash chain does not verify
     ├── LockedOut             too many failed verifications; the caller is locked out
     │   └── AccountLockedOut      ``reason`` ("backoff"|"disabled") and ``retry_after_s``
-    └── MasterKeyError        the configured template master key is missing or malformed
+    ├── MasterKeyError        the configured template master key is missing or malformed
+    └── ConsentMissing      enrollment without the caller's recorded consent
                               (also a ValueError, for settings validators)
 """
 
@@ -76,3 +77,7 @@ class AccountLockedOut(LockedOut):
 
 class MasterKeyError(VoiceprintError, ValueError):
     """The master key for templates at rest is missing or malformed in configuration."""
+
+
+class ConsentMissing(VoiceprintError):
+    """Enrollment was asked for without the caller's recorded consent."""
