@@ -189,7 +189,8 @@ def mu_law_encode(signal: npt.ArrayLike) -> npt.NDArray[np.uint8]:
     """8-bit mu-law codes (0..255) of samples in [-1, 1] (the continuous G.711 curve)."""
     clipped = np.clip(np.asarray(signal, dtype=np.float64), -1.0, 1.0)
     companded = np.sign(clipped) * np.log1p(MU * np.abs(clipped)) / math.log1p(MU)
-    return np.rint((companded + 1.0) / 2.0 * MU).astype(np.uint8)
+    codes: npt.NDArray[np.uint8] = np.rint((companded + 1.0) / 2.0 * MU).astype(np.uint8)
+    return codes
 
 
 def mu_law_decode(codes: npt.ArrayLike) -> FloatArray:
