@@ -401,9 +401,10 @@ async def listen(s: CallSession, channel_id: str | None, speaker: str) -> None:
     except AriUnavailableError:
         raise
     except (AriError, AsrError, OSError) as exc:
+        # ARI errors name the request and Asterisk's message; no personal data in them.
         log.warning("speech path unavailable for this leg", extra={
-            "call_id": s.call_id, "speaker": speaker, "error": type(exc).__name__})
-        await s.record("speech_unavailable", {"speaker": speaker, "error": type(exc).__name__})
+            "call_id": s.call_id, "speaker": speaker, "error": str(exc)})
+        await s.record("speech_unavailable", {"speaker": speaker, "error": str(exc)})
         return
     s.listeners.append(listener)
 

@@ -27,7 +27,7 @@ from asr.media.receiver import PortPool, RtpReceiver
 from asr.vad import TurnDetector, VadOptions
 from ivr.ari.client import AriClient
 from ivr.bus import EventBus
-from ivr.errors import AriError
+from ivr.errors import AriError, AriRequestError
 from ivr.flow.events import FlowEvent, IntentHeard
 from ivr.flow.events import SpeechStarted as FlowSpeechStarted
 from ivr.settings import AsrSettings
@@ -94,14 +94,26 @@ class LegListener:
                 "channelId": self.media_id, "encapsulation": "rtp", "transport": "udp"})
             await self.ari.request("POST", "/bridges", params={
                 "type": "mixing", "bridgeId": self.bridge_id, "name": f"listen-{self.call_id}"})
-            await self.ari.request("POST", f"/bridges/{self.bridge_id}/addChannel",
-                                   params={"channel": f"{self.snoop_id},{self.media_id}"})
+            await self._join_bridge()
         except BaseException:
             await self.close()
             raise
         self._offset_s = (datetime.now(self.call_started_at.tzinfo) - self.call_started_at
                           ).total_seconds()
         self._task = asyncio.create_task(self._listen())
+
+    async def _join_bridge(self, attempts: int = 40) -> None:
+        # Snoop and ExternalMedia channels enter our application a moment after ARI answers
+        # their creation; until then Asterisk refuses to bridge them (422). Retry briefly.
+        for attempt in range(attempts):
+            try:
+                await self.ari.request("POST", f"/bridges/{self.bridge_id}/addChannel",
+                                       params={"channel": f"{self.snoop_id},{self.media_id}"})
+                return
+            except AriRequestError as exc:
+                if exc.status != 422 or attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.05)
 
     async def _listen(self) -> None:
         assert self.receiver is not None
