@@ -206,6 +206,15 @@ class CallSession:
                 wait = digit_timeout
         return digits
 
+    async def keyed_digits(self, heard: CallerInput | None, max_digits: int) -> str:
+        """Digits typed after a prompt: the key that interrupted it, then the rest up to '#'."""
+        digits = heard.digit if isinstance(heard, Dtmf) and heard.digit != "#" else ""
+        if not (isinstance(heard, Dtmf) and heard.digit == "#"):
+            settings = self.ctx.settings
+            digits += await self.collect_digits(settings.callback_first_digit_s,
+                                                settings.callback_digit_s, max_digits)
+        return digits
+
     # -- teardown ----------------------------------------------------------------------------
 
     async def hangup_channel(self, channel_id: str | None) -> None:

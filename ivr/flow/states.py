@@ -343,10 +343,7 @@ class Callback:
         offer = "after_hours" if self.reason == "after_hours" else "callback_offer"
         for _ in range(settings.callback_attempts):
             heard = await s.play([offer])
-            digits = heard.digit if isinstance(heard, Dtmf) and heard.digit != "#" else ""
-            if not (isinstance(heard, Dtmf) and heard.digit == "#"):
-                digits += await s.collect_digits(settings.callback_first_digit_s,
-                                                 settings.callback_digit_s, max_digits=16)
+            digits = await s.keyed_digits(heard, max_digits=16)
             if _CALLBACK_NUMBER.match(digits):
                 region = s.call.route_region or s.call.region
                 await asyncio.to_thread(s.ctx.store.add_callback, s.call_id, digits, region,

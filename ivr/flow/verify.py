@@ -12,7 +12,6 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ivr.flow.events import Dtmf
 from ivr.flow.session import CallSession
 
 if TYPE_CHECKING:
@@ -44,13 +43,9 @@ class VerifyCode:
         await s.record("code_sent", {"account_id": account.id}, state=self.name,
                        verification=result)
         heard = await s.play(["otp_sent"])
-        settings = s.ctx.settings
         reason = "no_input"
         while True:
-            digits = heard.digit if isinstance(heard, Dtmf) and heard.digit != "#" else ""
-            if not (isinstance(heard, Dtmf) and heard.digit == "#"):
-                digits += await s.collect_digits(settings.callback_first_digit_s,
-                                                 settings.callback_digit_s, max_digits=12)
+            digits = await s.keyed_digits(heard, max_digits=12)
             check = await asyncio.to_thread(services.codes.check, code_id, digits)
             await s.record("code_checked", {"ok": check.ok, "reason": check.reason,
                                             "attempts_left": check.attempts_left})
