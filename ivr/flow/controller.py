@@ -360,11 +360,11 @@ class HotlineController:
         in_app = set(app.get("channel_ids") or [])
         bridges = {str(b["id"]) for b in await ari.request("GET", "/bridges") or []}
         known: set[str] = set()
+        referenced: set[str] = set()
         for call in await asyncio.to_thread(self.store.active_calls):
             known.update(c for c in (call.channel_id, call.agent_channel_id) if c)
+            referenced.update(b for b in (call.holding_bridge_id, call.mixing_bridge_id) if b)
             await self._reconcile_call(ari, call, in_app, bridges)
-        referenced = {b for call in await asyncio.to_thread(self.store.active_calls)
-                      for b in (call.holding_bridge_id, call.mixing_bridge_id) if b}
         for bridge_id in set(app.get("bridge_ids") or []) - referenced:
             # Listening bridges of a controller that died, or bridges of calls already closed.
             with contextlib.suppress(AriError):
