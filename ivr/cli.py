@@ -107,12 +107,25 @@ def cmd_call(args: argparse.Namespace, settings: Settings) -> int:
 
 def _route_of(settings: Settings, sip_call_id: str) -> dict[str, Any]:
     """Who answered, as the service recorded it (empty when the API is not reachable)."""
+    from datetime import timedelta
+
     import httpx
 
     url = f"http://{settings.api_host}:{settings.api_port}/api/v1/calls/{sip_call_id}"
+    # A one-minute supervisor token of our own, revoked when done: the API checks roles.
+    tokens = _tokens(settings)
+    token, info = tokens.create("supervisor", "ivr call", timedelta(minutes=1))
+    try:
+        return _poll_route(httpx, url, token)
+    finally:
+        tokens.revoke(info.id)
+
+
+def _poll_route(httpx: Any, url: str, token: str) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"}
     for _ in range(20):  # the record's last write follows the hang-up by a moment
         try:
-            response = httpx.get(url, timeout=2.0)
+            response = httpx.get(url, timeout=2.0, headers=headers)
         except httpx.HTTPError:
             return {}
         if response.status_code != 200:
@@ -191,6 +204,46 @@ def cmd_account(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _tokens(settings: Settings) -> Any:
+    from ivr.auth.tokens import TokenStore
+    from ivr.service import open_store
+
+    return TokenStore(open_store(settings).engine)
+
+
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    """``ivr token create|list|revoke``: API bearer tokens (stored hashed)."""
+    from datetime import timedelta
+
+    tokens = _tokens(settings)
+    if args.action == "create":
+        if not args.role:
+            raise IvrError("token create needs --role admin|supervisor|security|agent")
+        try:
+            token, info = tokens.create(args.role, args.name or "",
+                                        timedelta(days=args.ttl_days))
+        except ValueError as exc:
+            raise IvrError(str(exc)) from exc
+        if args.json:
+            _print({"token": token, "id": info.id, "role": info.role,
+                    "expires_at": info.expires_at.isoformat()}, True)
+        else:
+            sys.stdout.write(token + "\n")  # just the token, for $(ivr token create ...)
+        return 0
+    if args.action == "revoke":
+        if not args.id:
+            raise IvrError("token revoke needs --id")
+        if not tokens.revoke(args.id):
+            raise IvrError(f"no token {args.id}")
+        _print({"id": args.id, "revoked": True}, args.json)
+        return 0
+    for info in tokens.listing():
+        _print({"id": info.id, "role": info.role, "name": info.name,
+                "expires_at": info.expires_at.isoformat(),
+                "revoked_at": info.revoked_at.isoformat() if info.revoked_at else None}, True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ivr``."""
     parser = argparse.ArgumentParser(prog="ivr", description=__doc__)
@@ -230,6 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
     account.add_argument("--phone", required=True, help="the registered phone number")
     account.add_argument("--json", action="store_true")
     account.set_defaults(func=cmd_account)
+
+    token = sub.add_parser("token", help="REST API bearer tokens")
+    token.add_argument("action", choices=("create", "list", "revoke"))
+    token.add_argument("--role", choices=("admin", "supervisor", "security", "agent"))
+    token.add_argument("--name", default="", help="who holds it (agents: the agent id)")
+    token.add_argument("--ttl-days", type=float, default=30.0)
+    token.add_argument("--id", default=None, help="the token id (revoke)")
+    token.add_argument("--json", action="store_true")
+    token.set_defaults(func=cmd_token)
     return parser
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import uvicorn
@@ -14,13 +15,17 @@ from asr.engine import EngineOptions, load_engine
 from asr.errors import AsrError
 from asr.intent import IntentClassifier
 from asr.media.receiver import PortPool
-from ivr.api.app import ApiServices, create_app
+from ivr.api.app import create_app
+from ivr.api.services import ApiServices
 from ivr.asterisk.instance import AriCredentials, AsteriskInstance
 from ivr.asterisk.provision import locate_asterisk
+from ivr.auth.tokens import TokenStore
 from ivr.bus import EventBus
 from ivr.errors import IvrError
 from ivr.flow.controller import HotlineController, Readiness, distributor_for
 from ivr.flow.session import Prompts
+from ivr.flow.voice import VoiceTier
+from ivr.metrics import MetricsRecorder
 from ivr.routing.service import RoutingService
 from ivr.settings import Settings
 from ivr.speech.listener import SpeechServices
@@ -32,17 +37,23 @@ from ivr.verification.codes import (
     OutboxSender,
     VerificationServices,
 )
+from voiceprint.embedding import EmbedderOptions, load_embedder
+from voiceprint.errors import MasterKeyError, VoiceprintError
+from voiceprint.scoring import Thresholds
+from voiceprint.service import VoiceprintOptions, VoiceprintService
+from voiceprint.templates import MasterKey
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class PbxLink:
-    """How to reach the PBX and what lives there (agents, prompts)."""
+    """How to reach the PBX and what lives there (agents, prompts, supervisors' phones)."""
 
     creds: AriCredentials
     agents: tuple[tuple[str, str], ...]
     sounds_dir: str
+    supervisor_phones: tuple[str, ...] = ()
 
 
 def pbx_link(settings: Settings) -> PbxLink | None:
@@ -51,13 +62,14 @@ def pbx_link(settings: Settings) -> PbxLink | None:
         remote = settings.ari
         creds = AriCredentials(remote.url.rstrip("/"), remote.user,
                                remote.password.get_secret_value(), remote.app)
-        return PbxLink(creds, tuple(remote.agents.items()), remote.sounds_dir)
+        return PbxLink(creds, tuple(remote.agents.items()), remote.sounds_dir,
+                       tuple(remote.supervisor_phones))
     instance = AsteriskInstance(locate_asterisk(), settings.asterisk.instance)
     state = instance.load_state()
     if state is None:
         return None
     return PbxLink(state.ari(), tuple((a.agent_id, a.region) for a in state.agents),
-                   state.sounds_dir)
+                   state.sounds_dir, tuple(p.agent_id for p in state.supervisors))
 
 
 def open_store(settings: Settings) -> Store:
@@ -77,8 +89,8 @@ def default_model_dir(settings: Settings) -> Path | None:
     return folders[0] if folders else None
 
 
-async def load_speech(settings: Settings, store: Store, readiness: Readiness
-                      ) -> SpeechServices | None:
+async def load_speech(settings: Settings, store: Store, readiness: Readiness,
+                      bus: EventBus | None = None) -> SpeechServices | None:
     """Engine + classifier, or None (keypad-only mode, said in /ready and the logs)."""
     if not settings.asr.enabled:
         readiness.degrade("asr", "speech disabled by configuration: keypad only")
@@ -100,7 +112,66 @@ async def load_speech(settings: Settings, store: Store, readiness: Readiness
     log.info("speech path ready", extra={"model": engine.model_name, "device": engine.device})
     return SpeechServices(engine, classifier,
                           PortPool(settings.asr.rtp_port_start, settings.asr.rtp_port_end),
-                          store, EventBus(), settings.asr)
+                          store, bus or EventBus(), settings.asr)
+
+
+def default_ecapa_dir(settings: Settings) -> Path | None:
+    """The configured ECAPA folder, or ``models/ecapa`` when it holds a model."""
+    if settings.voiceprint.model_dir is not None:
+        return settings.voiceprint.model_dir
+    root = Path(__file__).resolve().parents[1] / "models" / "ecapa"
+    if (root / "hyperparams.yaml").is_file():
+        return root
+    folders = sorted(p for p in root.glob("*") if (p / "hyperparams.yaml").is_file()) \
+        if root.is_dir() else []
+    return folders[0] if folders else None
+
+
+def master_key(settings: Settings) -> MasterKey | None:
+    """The voiceprint master key from settings or its file; None when neither is set."""
+    vp = settings.voiceprint
+    if vp.master_key is not None:
+        return MasterKey.from_config(vp.master_key.get_secret_value())
+    if vp.master_key_file is not None:
+        try:
+            text = vp.master_key_file.read_text(encoding="ascii")
+        except OSError as exc:
+            raise MasterKeyError(f"voiceprint master key file unreadable: {exc.strerror}"
+                                 ) from None
+        return MasterKey.from_config(text)
+    return None
+
+
+async def load_voice_tier(settings: Settings, store: Store, readiness: Readiness
+                          ) -> VoiceTier | None:
+    """Tier 2, or None (callers who pass tier 1 then go to the experts; said in /ready)."""
+    vp = settings.voiceprint
+    if not vp.enabled:
+        readiness.degrade("voiceprint", "voiceprint disabled by configuration: tier 3 instead")
+        return None
+    key = master_key(settings)  # a malformed key stops the service: it must be fixed
+    if key is None:
+        readiness.degrade("voiceprint", "no master key (IVR_VOICEPRINT__MASTER_KEY or "
+                          "IVR_VOICEPRINT__MASTER_KEY_FILE): tier 3 instead")
+        return None
+    model_dir = default_ecapa_dir(settings)
+    if model_dir is None:
+        readiness.degrade("voiceprint", "no ECAPA model in models/ecapa: tier 3 instead")
+        return None
+    try:
+        embedder = await asyncio.to_thread(load_embedder, EmbedderOptions(
+            model_dir=model_dir, device=vp.device))
+    except VoiceprintError as exc:
+        readiness.degrade("voiceprint", f"voiceprint model unusable, tier 3 instead: {exc}")
+        log.warning("voiceprint model unusable", extra={"error": str(exc)})
+        return None
+    options = VoiceprintOptions(
+        thresholds=Thresholds(accept=vp.accept_threshold, reject=vp.reject_threshold),
+        min_enroll_speech_s=vp.min_enroll_speech_s, min_verify_speech_s=vp.min_verify_speech_s,
+        retain_audio=timedelta(days=vp.retain_audio_days) if vp.retain_audio_days else None)
+    service = VoiceprintService(store.engine, embedder, key, options)
+    log.info("voiceprint ready", extra={"model": embedder.model_id, "device": embedder.device})
+    return VoiceTier(service, vp)
 
 
 def verification_services(store: Store) -> VerificationServices:
@@ -117,8 +188,13 @@ async def serve_async(settings: Settings) -> None:
     routing = RoutingService(store, settings.routing, settings.regions)
     if await asyncio.to_thread(routing.seed_rules):
         log.info("routing rules loaded into an empty store")
-    speech = await load_speech(settings, store, readiness)
+    bus = EventBus()
+    speech = await load_speech(settings, store, readiness, bus)
+    voice = await load_voice_tier(settings, store, readiness)
     verification = verification_services(store)
+    tokens = TokenStore(store.engine)
+    metrics = MetricsRecorder(bus)
+    metrics.start()
     link = pbx_link(settings)
     controller: HotlineController | None = None
     controller_task: asyncio.Task[None] | None = None
@@ -133,9 +209,15 @@ async def serve_async(settings: Settings) -> None:
             link.creds, readiness, store, routing,
             distributor_for(link.agents, skills, settings.flow.wrap_up_s),
             Prompts(link.sounds_dir), settings.flow, speech=speech,
-            verification=verification)
+            verification=verification, voice=voice, bus=bus,
+            supervisor_phones=link.supervisor_phones)
         controller_task = asyncio.create_task(controller.run())
-    app = create_app(ApiServices(readiness, store, routing, outbox=verification.outbox))
+    app = create_app(ApiServices(
+        readiness, store, routing, outbox=verification.outbox, tokens=tokens,
+        privacy=settings.privacy, accounts=verification.accounts,
+        voiceprint=voice.service if voice else None, bus=bus,
+        snapshot=controller.snapshot if controller else None,
+        supervise=controller.supervise if controller else None, metrics=metrics))
     config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port,
                             log_level=settings.log_level.lower(), lifespan="off",
                             log_config=None)
@@ -151,6 +233,7 @@ async def serve_async(settings: Settings) -> None:
             await controller.aclose()
         if speech is not None:
             await speech.engine.aclose()
+        await metrics.aclose()
 
 
 def serve(settings: Settings) -> None:

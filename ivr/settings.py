@@ -30,6 +30,7 @@ class AsteriskSettings(BaseModel):
     rtp_start: int = Field(10000, ge=1024, le=65535)
     rtp_end: int | None = Field(None, ge=1024, le=65535)
     agents_per_region: int = Field(4, ge=0, le=200)
+    supervisors: int = Field(2, ge=0, le=50)  # supervisor-1.. SIP phones for monitoring
     start_timeout_s: float = Field(45.0, gt=0)
     hotline_number: str = Field("4008101111", pattern=r"^\d{3,20}$")
     ari_app: str = Field("ivr", pattern=r"^[A-Za-z0-9_-]+$")
@@ -107,6 +108,44 @@ class AsrSettings(BaseModel):
     debug_audio_dir: Path | None = None
 
 
+class PrivacySettings(BaseModel):
+    """What personal data is kept, and who may read it in clear over the API."""
+
+    # "redacted": transcripts are redacted before they are stored (nobody can read them in clear).
+    store_transcripts: Literal["clear", "redacted"] = "clear"
+    # Roles that may ask for ``?unredacted=true``; every such read is audited.
+    unredacted_roles: tuple[Literal["admin", "supervisor", "security", "agent"], ...] = (
+        "security",)
+
+
+class VoiceprintSettings(BaseModel):
+    """Tier 2: the ECAPA model, the master key, thresholds and enrollment limits."""
+
+    enabled: bool = True
+    model_dir: Path | None = None  # None: models/ecapa/<first folder>, if any
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    # base64 of 32 bytes, or a file holding it; never in the repo. Absent: tier 2 is off.
+    master_key: SecretStr | None = None
+    master_key_file: Path | None = None
+    # On s-normalised scores; choose with scripts/eval_voiceprint.py for the target FMR.
+    accept_threshold: float = 3.0
+    reject_threshold: float = 1.5
+    min_enroll_speech_s: float = Field(20.0, gt=0)
+    min_verify_speech_s: float = Field(1.0, gt=0)
+    challenge_digits: int = Field(6, ge=4, le=10)
+    challenge_attempts: int = Field(2, ge=1, le=5)
+    answer_timeout_s: float = Field(8.0, gt=0)  # to start speaking after a prompt
+    enroll_phrases: int = Field(3, ge=1, le=10)
+    # Raw enrollment/attempt audio is kept only when this is > 0 (sealed, deleted after expiry).
+    retain_audio_days: int = Field(0, ge=0, le=365)
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> VoiceprintSettings:
+        if self.reject_threshold > self.accept_threshold:
+            raise ValueError("voiceprint.reject_threshold must not exceed accept_threshold")
+        return self
+
+
 class RemoteAriSettings(BaseModel):
     """ARI of an Asterisk that this process does not run (for example from a container)."""
 
@@ -116,6 +155,7 @@ class RemoteAriSettings(BaseModel):
     app: str = Field("ivr", pattern=r"^[A-Za-z0-9_-]+$")
     sounds_dir: str = "/var/lib/asterisk/sounds/ivr"  # where the prompts are on that PBX
     agents: dict[str, str] = Field(default_factory=dict)  # agent endpoint -> region
+    supervisor_phones: tuple[str, ...] = ()  # endpoints rung for listen / whisper / barge
 
 
 class Settings(BaseSettings):
@@ -135,6 +175,8 @@ class Settings(BaseSettings):
     flow: FlowSettings = Field(default_factory=FlowSettings)  # type: ignore[arg-type]
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     asr: AsrSettings = Field(default_factory=AsrSettings)  # type: ignore[arg-type]
+    voiceprint: VoiceprintSettings = Field(default_factory=VoiceprintSettings)  # type: ignore[arg-type]
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     # When set, the controller uses this ARI instead of the local instance's (`ivr asterisk up`).
     ari: RemoteAriSettings | None = None
 

@@ -33,6 +33,7 @@ class Hotline:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def api(self) -> str:
@@ -64,9 +65,27 @@ class Hotline:
                 self.proc.wait()
         self.proc = None
 
+    def token(self, role: str) -> str:
+        """A bearer token of ``role``, made once with `ivr token create` (the real CLI)."""
+        if role not in self.tokens:
+            done = subprocess.run([sys.executable, "-m", "ivr.cli", "token", "create", "--role",
+                                   role, "--name", f"test-{role}"], env=self.env, check=True,
+                                  capture_output=True, text=True)
+            self.tokens[role] = done.stdout.strip()
+        return self.tokens[role]
+
+    def headers(self, role: str) -> dict[str, str]:
+        """Authorization header of a ``role`` token."""
+        return {"Authorization": f"Bearer {self.token(role)}"}
+
+    def get(self, path: str, role: str = "admin", **params: Any) -> httpx.Response:
+        """GET on the API with a token of ``role``."""
+        return httpx.get(f"{self.api}{path}", params=params, headers=self.headers(role),
+                         timeout=5)
+
     def call(self, call_id: str) -> dict[str, Any]:
-        """GET /calls/{call_id} (our id or the SIP Call-ID)."""
-        response = httpx.get(f"{self.api}/calls/{call_id}", timeout=5)
+        """GET /calls/{call_id} (our id or the SIP Call-ID), numbers in clear (security)."""
+        response = self.get(f"/calls/{call_id}", "security", unredacted="true")
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         return body

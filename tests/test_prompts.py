@@ -79,7 +79,8 @@ def test_each_prompt_is_speech_asterisk_can_play(built: PromptSet, language: str
     with wave.open(str(path), "rb") as wav:
         assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (8000, 1, 2)
     pcm = read_wav(path)
-    assert 0.5 < pcm.seconds < 20.0
+    shortest = 0.25 if key.startswith("digit_") else 0.5  # a single spoken digit is short
+    assert shortest < pcm.seconds < 20.0
     assert rms_dbfs(pcm) > -35.0  # speech normalised to a -3 dBFS peak sits near -20 dBFS
     assert max(abs(pcm.samples.max()), abs(pcm.samples.min())) < 0.75  # -3 dBFS, no clipping
 

@@ -86,8 +86,8 @@ def test_spoken_utterance_is_stored_with_its_timing(speech_hotline: Hotline,
 
     def stored() -> bool:
         nonlocal lines
-        lines = httpx.get(f"{speech_hotline.api}/calls/{record['call_id']}/transcript",
-                          timeout=5).json()
+        lines = speech_hotline.get(f"/calls/{record['call_id']}/transcript",
+                                   "supervisor").json()
         return bool(lines)
 
     deadline = time.monotonic() + 20
@@ -195,13 +195,13 @@ def test_agent_leg_is_transcribed_too(speech_hotline: Hotline, sip_stack: SipSta
         call.send_dtmf("1")
         record = speech_hotline.wait_call(call.record.sip_call_id,
                                           lambda c: c["state"] == "connected", 40)
-        url = f"{speech_hotline.api}/calls/{record['call_id']}/transcript"
+        url = f"/calls/{record['call_id']}/transcript"
         wait_until(lambda: any(line["speaker"] == "agent"
-                               for line in httpx.get(url, timeout=5).json()), 20,
+                               for line in speech_hotline.get(url, "supervisor").json()), 20,
                    "an utterance of the agent in the transcript")
         call.hangup()
         call.wait_ended()
-        lines = httpx.get(url, timeout=5).json()
+        lines = speech_hotline.get(url, "supervisor").json()
         connected_s = (datetime.fromisoformat(record["connected_at"].replace("Z", "+00:00"))
                        .timestamp() - _call_start(record))
         agent_lines = [line for line in lines if line["speaker"] == "agent"]

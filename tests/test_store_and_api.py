@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ivr.api.app import ApiServices, create_app
+from ivr.auth.tokens import TokenStore
 from ivr.flow.controller import Readiness
 from ivr.routing.service import RoutingService
 from ivr.settings import RoutingSettings
@@ -35,9 +36,10 @@ def test_database_is_wal_private_and_migrated(tmp_path: Path, store: Store) -> N
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         version = db.execute("SELECT version_num FROM alembic_version").fetchone()[0]
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert version == "0004"
+    assert version == "0005"
     assert {"calls", "call_events", "agents", "routing_rules", "callback_requests",
-            "transcripts"} <= tables
+            "transcripts", "api_tokens", "routing_rule_changes", "data_access_log",
+            "voiceprint_recordings"} <= tables
 
 
 def test_call_lifecycle_is_recorded_and_found_by_either_id(tmp_path: Path, store: Store) -> None:
@@ -68,7 +70,10 @@ def _client(store: Store) -> TestClient:
     routing = RoutingService(store, RoutingSettings(), REGIONS)
     assert routing.seed_rules() is True
     assert routing.seed_rules() is False  # only on first start
-    return TestClient(create_app(ApiServices(Readiness(), store, routing)))
+    tokens = TokenStore(store.engine)
+    token, _info = tokens.create("admin")
+    return TestClient(create_app(ApiServices(Readiness(), store, routing, tokens=tokens)),
+                      headers={"Authorization": f"Bearer {token}"})
 
 
 def test_calls_endpoints(store: Store) -> None:

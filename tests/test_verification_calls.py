@@ -8,7 +8,6 @@ import sys
 import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from ivr.sip.phone import SipStack
@@ -33,8 +32,7 @@ def hotline(asterisk: RunningAsterisk, tmp_path_factory: pytest.TempPathFactory
 def _code_for(hotline: Hotline, account: str) -> str:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        messages = httpx.get(f"{hotline.api}/verification/outbox",
-                             params={"account_id": account}, timeout=5).json()
+        messages = hotline.get("/verification/outbox", account_id=account).json()
         if messages:
             match = re.search(r"code is (\d{6})", messages[0]["body"])
             assert match is not None, messages[0]["body"]

@@ -159,6 +159,8 @@ class AuditStore:
         account_id: str | None = None,
         call_id: str | None = None,
         decision: str | None = None,
+        kind: str | None = None,
+        replay: bool | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int | None = None,
@@ -172,6 +174,10 @@ class AuditStore:
             query = query.where(AuditRow.call_id == call_id)
         if decision is not None:
             query = query.where(AuditRow.decision == decision)
+        if kind is not None:
+            query = query.where(AuditRow.kind == kind)
+        if replay is not None:
+            query = query.where(AuditRow.replay == replay)
         if since is not None:
             query = query.where(AuditRow.at >= _aware(since).astimezone(UTC))
         if until is not None:

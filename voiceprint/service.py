@@ -13,7 +13,7 @@ import hashlib
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -29,8 +29,8 @@ from voiceprint.embedding import Embedder
 from voiceprint.errors import AccountLockedOut, AudioRejected, ConsentMissing
 from voiceprint.replay import DEFAULT_REPLAY_THRESHOLD, Fingerprint, fingerprint, is_replay
 from voiceprint.scoring import CohortNormaliser, Thresholds, cosine
-from voiceprint.store import FingerprintRow, LockoutRow, TemplateRow
-from voiceprint.templates import MasterKey, SealedTemplate, open_template, seal
+from voiceprint.store import FingerprintRow, LockoutRow, RecordingRow, TemplateRow
+from voiceprint.templates import MasterKey, SealedTemplate, open_template, seal, seal_audio
 
 Audio = npt.NDArray[np.float32]
 
@@ -47,6 +47,22 @@ class VoiceprintOptions:
     replay_threshold: float = DEFAULT_REPLAY_THRESHOLD
     lockout: lockout.LockoutPolicy = field(default_factory=lockout.LockoutPolicy)
     cohort_size: int = 50
+    # None: raw audio is never kept; otherwise sealed and purged after this long.
+    retain_audio: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class VoiceStatus:
+    """An account's tier-2 state, for the security team."""
+
+    account_id: str
+    enrolled: bool
+    enrolled_at: datetime | None
+    model_id: str | None
+    lockout: str  # normal | backoff | disabled
+    consecutive_failures: int
+    next_allowed_at: datetime | None
+    retained_recordings: int
 
 
 @dataclass(frozen=True)
@@ -81,7 +97,7 @@ class VoiceprintService:
     # -- enrollment --------------------------------------------------------------------------
 
     def enroll(self, account_id: str, samples: Sequence[Audio], *, consent: bool,
-               call_id: str | None = None) -> DecisionRecord:
+               call_id: str | None = None, by: str | None = None) -> DecisionRecord:
         """Enroll from samples with enough net speech; replaces an earlier template."""
         if not consent:
             raise ConsentMissing(f"account {account_id}: no recorded consent to enroll")
@@ -113,20 +129,79 @@ class VoiceprintService:
                 session.add(FingerprintRow(account_id=account_id, source="enrollment",
                                            data=fingerprint(_pcm16(sample)).data,
                                            created_at=now))
+                self._retain(session, account_id, "enrollment", _pcm16(sample), now)
         return self.audit.append(AuditEntry(
             kind="enrollment", call_id=call_id, account_id=account_id,
             tier_results={"samples": len(samples), "speech_s": round(speech, 1),
                           "consent": True},
             model_id=self.embedder.model_id, model_version=self.embedder.model_version,
-            decision="enrolled"))
+            decision="enrolled", reviewer=by))
 
     def delete(self, account_id: str, by: str) -> DecisionRecord:
-        """Remove the template and every retained sample fingerprint of the account."""
+        """Remove the template, every sample fingerprint and every retained recording."""
         with Session(self.engine) as session, session.begin():
             session.execute(delete(TemplateRow).where(TemplateRow.account_id == account_id))
             session.execute(delete(FingerprintRow).where(FingerprintRow.account_id == account_id))
+            session.execute(delete(RecordingRow).where(RecordingRow.account_id == account_id))
         return self.audit.append(AuditEntry(kind="deletion", account_id=account_id,
                                             decision="deleted", reviewer=by))
+
+    def revoke(self, account_id: str, by: str) -> DecisionRecord:
+        """Stop using the template (re-enrollment needed); fingerprints stay for replay checks."""
+        with Session(self.engine) as session, session.begin():
+            gone = session.execute(delete(TemplateRow).where(
+                TemplateRow.account_id == account_id)).rowcount  # type: ignore[attr-defined]
+        return self.audit.append(AuditEntry(
+            kind="deletion", account_id=account_id, decision="revoked", reviewer=by,
+            tier_results={"templates_removed": int(gone or 0), "fingerprints_kept": True}))
+
+    def reenable(self, account_id: str, by: str) -> bool:
+        """A person re-enables voice verification after a lockout; audited. False if not locked."""
+        state = self._lockout_state(account_id)
+        new_state, events = lockout.reenable(state, by, self.clock())
+        if not events:
+            return False
+        self._save_lockout(new_state)
+        for event in events:
+            self.audit.append(AuditEntry(
+                kind="lockout", account_id=account_id, reviewer=by, decision=event.kind,
+                tier_results={"event": event.kind, "previous_failures":
+                              state.consecutive_failures}))
+        return True
+
+    def status(self, account_id: str) -> VoiceStatus:
+        """Enrollment and lockout state of an account."""
+        self.purge_expired()
+        with Session(self.engine) as session:
+            row = session.scalars(select(TemplateRow).where(
+                TemplateRow.account_id == account_id)).first()
+            kept = len(session.scalars(select(RecordingRow.id).where(
+                RecordingRow.account_id == account_id)).all())
+        state = self._lockout_state(account_id)
+        return VoiceStatus(account_id, row is not None,
+                           _aware(row.created_at) if row else None,
+                           row.model_id if row else None, state.level,
+                           state.consecutive_failures, state.next_allowed_at, kept)
+
+    def purge_expired(self) -> int:
+        """Delete retained recordings past their expiry; how many went."""
+        with Session(self.engine) as session, session.begin():
+            gone = session.execute(delete(RecordingRow).where(
+                RecordingRow.expires_at <= self.clock())).rowcount  # type: ignore[attr-defined]
+        return int(gone or 0)
+
+    def _retain(self, session: Session, account_id: str, source: str, pcm: bytes,
+                now: datetime) -> None:
+        if self.options.retain_audio is None:
+            return
+        recording_id = uuid.uuid4().hex
+        sealed = seal_audio(pcm, recording_id, account_id, now + self.options.retain_audio,
+                            self.key)
+        session.add(RecordingRow(
+            id=recording_id, account_id=account_id, source=source,
+            ciphertext=sealed.ciphertext, nonce=sealed.nonce, wrapped_key=sealed.wrapped_key,
+            key_nonce=sealed.key_nonce, key_id=sealed.key_id, version=sealed.version,
+            expires_at=sealed.expires_at, created_at=now))
 
     # -- verification ------------------------------------------------------------------------
 
@@ -156,10 +231,11 @@ class VoiceprintService:
         if template is None:
             return self._log(base, "no_enrollment", "no template for the account", None, None,
                              False)
-        print_now = fingerprint(_pcm16(sample))
+        pcm = _pcm16(sample)
+        print_now = fingerprint(pcm)
         replay, best = is_replay(print_now, self._fingerprints(account_id),
                                  self.options.replay_threshold)
-        self._add_fingerprint(account_id, print_now, now)
+        self._add_fingerprint(account_id, print_now, now, pcm)
         if replay:
             return self._finish(base, state, "reject", f"replay of earlier audio ({best:.2f})",
                                 None, None, True, now)
@@ -228,10 +304,12 @@ class VoiceprintService:
                 FingerprintRow.account_id == account_id)).all()
         return [Fingerprint(r.data) for r in rows]
 
-    def _add_fingerprint(self, account_id: str, print_now: Fingerprint, now: datetime) -> None:
+    def _add_fingerprint(self, account_id: str, print_now: Fingerprint, now: datetime,
+                         pcm: bytes) -> None:
         with Session(self.engine) as session, session.begin():
             session.add(FingerprintRow(account_id=account_id, source="attempt",
                                        data=print_now.data, created_at=now))
+            self._retain(session, account_id, "attempt", pcm, now)
 
     def _lockout_state(self, account_id: str) -> lockout.LockoutState:
         with Session(self.engine) as session:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -111,3 +111,32 @@ class OutboxOut(BaseModel):
     phone_number: str
     body: str
     created_at: datetime
+
+
+class ReadyOut(BaseModel):
+    """Readiness: what is missing (503) and what runs degraded (still 200)."""
+
+    ready: bool
+    missing: list[str]
+    checks: dict[str, bool]
+    degraded: dict[str, str]
+
+
+class MonitorIn(BaseModel):
+    """Listen to, whisper to the agent of, or barge into a live call from a SIP phone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["listen", "whisper", "barge"]
+    phone: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class MonitorOut(BaseModel):
+    """A monitor that is ringing the supervisor's phone."""
+
+    monitor_id: str
+    call_id: str
+    mode: str
+    phone: str
+    target: str
+    state: str

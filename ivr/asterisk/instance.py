@@ -52,6 +52,8 @@ class InstanceState:
     hotline_number: str
     agents: tuple[AgentAccount, ...]
     sounds_dir: str = ""  # the spoken prompts, as Asterisk sees the folder
+    # Supervisors' own SIP phones: rung for listen / whisper / barge, never given calls.
+    supervisors: tuple[AgentAccount, ...] = ()
 
     def ari(self) -> AriCredentials:
         """ARI connection facts."""
@@ -62,6 +64,7 @@ class InstanceState:
         """Serialisable form."""
         data = asdict(self)
         data["agents"] = [asdict(agent) for agent in self.agents]
+        data["supervisors"] = [asdict(phone) for phone in self.supervisors]
         return data
 
     @classmethod
@@ -73,6 +76,7 @@ class InstanceState:
             hotline_number=data["hotline_number"],
             agents=tuple(AgentAccount(**agent) for agent in data["agents"]),
             sounds_dir=str(data.get("sounds_dir", "")),
+            supervisors=tuple(AgentAccount(**phone) for phone in data.get("supervisors", [])),
         )
 
 
@@ -163,7 +167,8 @@ class AsteriskInstance:
                          settings.rtp_last_port())
         # Credentials are generated once per instance and kept across restarts.
         password = previous.ari_password if previous else secrets.token_urlsafe(24)
-        known = {a.agent_id: a for a in previous.agents} if previous else {}
+        known = ({a.agent_id: a for a in (*previous.agents, *previous.supervisors)}
+                 if previous else {})
         agents = []
         for region in regions:
             for index in range(1, settings.agents_per_region + 1):
@@ -171,9 +176,15 @@ class AsteriskInstance:
                 old = known.get(agent_id)
                 agents.append(old if old and old.region == region
                               else AgentAccount(agent_id, region, secrets.token_urlsafe(16)))
+        supervisors = []
+        for index in range(1, settings.supervisors + 1):
+            phone_id = f"supervisor-{index}"
+            old = known.get(phone_id)
+            supervisors.append(old or AgentAccount(phone_id, "supervisor",
+                                                   secrets.token_urlsafe(16)))
         return InstanceState(self.name, ports, "ivr", password, settings.ari_app,
                              settings.hotline_number, tuple(agents),
-                             str(self.inner_dir / "sounds"))
+                             str(self.inner_dir / "sounds"), tuple(supervisors))
 
     def up(self, settings: AsteriskSettings, regions: tuple[str, ...],
            api_port: int = 8080) -> InstanceState:
@@ -195,7 +206,8 @@ class AsteriskInstance:
         with contextlib.suppress(FileNotFoundError):
             self.log_file.unlink()
         render_instance(
-            InstanceConfig(state.ports, state.ari_user, state.ari_password, state.agents,
+            InstanceConfig(state.ports, state.ari_user, state.ari_password,
+                           (*state.agents, *state.supervisors),
                            hotline_number=state.hotline_number, ari_app=state.ari_app,
                            api_port=api_port),
             self.dir / "etc", self.inner_dir,

@@ -28,6 +28,7 @@ from ivr.ari.events import (
     StasisStart,
 )
 from ivr.asterisk.instance import AriCredentials
+from ivr.bus import EventBus
 from ivr.errors import AriError
 from ivr.flow.events import (
     AgentAnswered,
@@ -38,7 +39,8 @@ from ivr.flow.events import (
     PlaybackDone,
     Wake,
 )
-from ivr.flow.session import CallSession, FlowContext, Prompts
+from ivr.flow.monitor import WHISPER, Monitoring, MonitorRefused
+from ivr.flow.session import CallSession, FlowContext, Prompts, call_summary
 from ivr.flow.states import (
     Connected,
     Ended,
@@ -50,12 +52,13 @@ from ivr.flow.states import (
     listen,
     run_call,
 )
+from ivr.flow.voice import VoiceTier
 from ivr.routing.acd import Distributor, agents_from_accounts
 from ivr.routing.rules import RoutingDecision
 from ivr.routing.service import RoutingService
 from ivr.settings import FlowSettings
 from ivr.speech.listener import SpeechServices
-from ivr.store.repository import Store, StoredCall
+from ivr.store.repository import VERIFY_STATES, Store, StoredCall
 from ivr.verification.codes import VerificationServices
 
 log = logging.getLogger(__name__)
@@ -104,7 +107,9 @@ class HotlineController:
                  routing: RoutingService, distributor: Distributor, prompts: Prompts,
                  flow: FlowSettings, max_backoff_s: float = 10.0,
                  speech: SpeechServices | None = None,
-                 verification: VerificationServices | None = None) -> None:
+                 verification: VerificationServices | None = None,
+                 voice: VoiceTier | None = None, bus: EventBus | None = None,
+                 supervisor_phones: tuple[str, ...] = ()) -> None:
         self.creds = creds
         self.readiness = readiness
         self.store = store
@@ -115,6 +120,9 @@ class HotlineController:
         self.max_backoff_s = max_backoff_s
         self.speech = speech
         self.verification = verification
+        self.voice = voice
+        self.bus = bus
+        self.monitoring = Monitoring(creds.app, supervisor_phones)
         self._media_channels: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._reg = _Registry()
@@ -174,6 +182,30 @@ class HotlineController:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    # -- live view ---------------------------------------------------------------------------
+
+    async def snapshot(self) -> dict[str, Any]:
+        """Active calls, agents and queues now (the live WebSocket's first message)."""
+        calls = await asyncio.to_thread(self.store.active_calls)
+        acd = self.distributor.snapshot()
+        return {"calls": [call_summary(c) for c in calls], "agents": acd["agents"],
+                "waiting": acd["waiting"], "ari_connected": self._ari is not None}
+
+    async def supervise(self, call_id: str, mode: str, phone: str) -> dict[str, Any]:
+        """Ring a supervisor's phone to listen / whisper / barge on a live call."""
+        session = self._reg.by_call.get(call_id)
+        if session is None or session.gone is not None or self._ari is None:
+            raise MonitorRefused(404, f"no live call {call_id!r}")
+        if mode not in WHISPER:
+            raise MonitorRefused(422, f"unknown mode {mode!r}")
+        connected = session.state_name == "connected" and session.agent_channel_id is not None
+        monitor = await self.monitoring.start(
+            self._ari, call_id, mode, phone, session.channel_id,  # type: ignore[arg-type]
+            session.agent_channel_id if connected else None)
+        await session.record("monitor_started", {"mode": mode, "phone": phone,
+                                                 "monitor_id": monitor.id})
+        return monitor.as_dict()
+
     # -- context handed to call sessions -----------------------------------------------------
 
     def _context(self, ari: AriClient) -> FlowContext:
@@ -182,7 +214,8 @@ class HotlineController:
             settings=self.flow, app=self.creds.app, route_call=self._route_call,
             register_channel=self._register_channel, register_playback=self._register_playback,
             forget=self._forget, wake_waiting=self._wake_waiting, speech=self.speech,
-            ignore_channel=self._media_channels.add, verification=self.verification)
+            ignore_channel=self._media_channels.add, verification=self.verification,
+            voice=self.voice, bus=self.bus)
 
     def _route_call(self, s: CallSession, intent: str) -> RoutingDecision:
         decision, _rule = self.routing.decide_for(
@@ -207,6 +240,7 @@ class HotlineController:
         self._reg.by_call.pop(session.call_id, None)
 
     def _wake_waiting(self) -> None:
+        self._publish_acd()
         for call_id in list(self.distributor.waiting):
             session = self._reg.by_call.get(call_id)
             if session is not None:
@@ -244,6 +278,9 @@ class HotlineController:
                 return  # our own listening legs (snoop / ExternalMedia)
             if event.args and event.args[0] == "agent":
                 self._agent_answered(event)
+            elif event.args and event.args[0] == "supervisor":
+                if self._ari is not None:
+                    self._spawn(self.monitoring.answered(self._ari, event.channel.id))
             else:
                 self._reg.early[event.channel.id] = []
                 self._spawn(self._new_call(event))
@@ -261,6 +298,9 @@ class HotlineController:
             return
         if isinstance(event, ChannelDestroyed):
             self._media_channels.discard(channel.id)
+        if isinstance(event, ChannelDestroyed | StasisEnd) and self.monitoring.owns(channel.id):
+            self._spawn(self.monitoring.channel_gone(self._ari, channel.id))
+            return
         flow_event = self._flow_event(event, channel.id)
         if flow_event is None:
             return
@@ -309,6 +349,11 @@ class HotlineController:
         self.distributor.set_registered(str(endpoint.get("resource")),
                                         endpoint.get("state") == "online", len(foreign))
         self._wake_waiting()
+
+    def _publish_acd(self) -> None:
+        # Agents and queues changed (or may have): the live board redraws its side panel.
+        if self.bus is not None:
+            self.bus.publish("acd", "", self.distributor.snapshot())
 
     async def _subscribe_agents(self, ari: AriClient) -> None:
         # Only the agents' endpoints: subscribing to all of PJSIP would also subscribe our app
@@ -429,6 +474,12 @@ class HotlineController:
                 await self._hangup(ari, call.agent_channel_id)
                 session.agent_channel_id, session.agent_id = None, None
             first, action = Queued(plan, resumed=True), "resume_queue"
+        elif call.state in VERIFY_STATES:
+            # The identity check was cut off: nothing was proven, the experts take the call.
+            verification = {**(call.verification or {}), "interrupted": call.state,
+                            "decision": "none"}
+            await session.record("verification", verification, verification=verification)
+            first, action = Routing("account_security", "reconciled"), "security_queue"
         else:
             await session.destroy_bridge(session.holding_bridge_id)
             session.holding_bridge_id = None

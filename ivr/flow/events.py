@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -58,10 +58,25 @@ class IntentHeard:
 
 
 @dataclass(frozen=True)
+class Spoken:
+    """One finished caller utterance with its audio, for tiers that need the voice itself.
+
+    Delivered for every caller utterance (also those the recogniser dropped); ``started_at`` is
+    the flow clock (monotonic) when speech began, so a state can ignore what was said before it
+    asked. ``pcm`` is 16 kHz little-endian 16-bit mono.
+    """
+
+    text: str
+    dropped: bool
+    started_at: float
+    pcm: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Wake:
     """Something changed for waiting calls (an agent may be free)."""
 
 
 FlowEvent = Dtmf | PlaybackDone | CallerGone | AgentAnswered | AgentGone | SpeechStarted | \
-    IntentHeard | Wake
+    IntentHeard | Spoken | Wake
 CallerInput = Dtmf | IntentHeard

@@ -9,9 +9,11 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ivr.ari.client import AriClient
+from ivr.bus import EventBus
 from ivr.errors import AriError, AriRequestError
 from ivr.flow.events import (
     CallerGone,
@@ -27,12 +29,29 @@ from ivr.settings import FlowSettings
 from ivr.store.repository import Store, StoredCall
 
 if TYPE_CHECKING:
+    from ivr.flow.voice import VoiceTier
     from ivr.speech.listener import LegListener, SpeechServices
     from ivr.verification.codes import VerificationServices
 
 log = logging.getLogger(__name__)
 
 INBOX_LIMIT = 256
+
+
+def call_summary(call: StoredCall) -> dict[str, Any]:
+    """One row of the live board (numbers in clear: the API masks them by role)."""
+    verification = call.verification or {}
+    return {"call_id": call.id, "caller_number": call.caller_number, "region": call.region,
+            "intent": call.intent, "state": call.state, "language": call.language,
+            "agent_id": call.agent_id, "route_region": call.route_region,
+            "verification": verification.get("decision"),
+            "started_at": _iso(call.started_at), "queued_at": _iso(call.queued_at),
+            "connected_at": _iso(call.connected_at), "ended_at": _iso(call.ended_at),
+            "hangup_cause": call.hangup_cause}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 class CallerHungUp(Exception):
@@ -73,6 +92,8 @@ class FlowContext:
     speech: SpeechServices | None = None  # None: keypad only
     ignore_channel: Callable[[str], None] = lambda _channel: None
     verification: VerificationServices | None = None
+    voice: VoiceTier | None = None  # None: no tier 2 (no model, no master key, or disabled)
+    bus: EventBus | None = None  # live view: every recorded call event is published here
 
 
 @dataclass
@@ -138,6 +159,9 @@ class CallSession:
         """Durably append an event (and update fields) before the flow goes on."""
         self.call = await asyncio.to_thread(self.ctx.store.record, self.call_id, kind,
                                             data or {}, **values)
+        if self.ctx.bus is not None:
+            self.ctx.bus.publish("call", self.call_id, {"kind": kind, "data": data or {},
+                                                        "call": call_summary(self.call)})
 
     # -- prompts -----------------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """Tier 1 of account security in the call flow: a one-time code entered on the keypad.
 
 The result is written on the call (``verification``) and used by the routing rules: a caller
-who fails tier 1 never reaches tier 2 and goes to the security experts (tier 3). Until the
-voiceprint tier is wired in, a passed tier 1 is recorded as ``tier2: not_available`` and the
-decision stays ``none`` (a voiceprint never unlocks anything alone, and neither does a code).
+who fails tier 1 never reaches tier 2 and goes to the security experts (tier 3). A passed tier 1
+leads to the voiceprint (:mod:`ivr.flow.voice`) when tier 2 is available (voiceprint service and
+speech path); otherwise it is recorded as ``tier2: not_available`` and the decision stays
+``none``: a code alone unlocks nothing, and neither does a voiceprint.
 """
 
 from __future__ import annotations
@@ -51,8 +52,14 @@ class VerifyCode:
                                             "attempts_left": check.attempts_left})
             if check.ok:
                 await s.play(["verified"], interruptible=False)
-                await self._done(s, {**result, "tier1": "passed", "tier2": "not_available",
-                                     "decision": "none"})
+                passed = {**result, "tier1": "passed"}
+                if s.ctx.voice is not None and s.ctx.speech is not None:
+                    from ivr.flow.voice import VerifyVoice
+
+                    await s.record("code_passed", {"account_id": account.id},
+                                   verification=passed)
+                    return VerifyVoice(self.intent, self.source, account.id, passed)
+                await self._done(s, {**passed, "tier2": "not_available", "decision": "none"})
                 return Routing(self.intent, self.source)
             reason = check.reason
             if check.attempts_left <= 0 or check.reason != "wrong":

@@ -28,7 +28,7 @@ from asr.vad import TurnDetector, VadOptions
 from ivr.ari.client import AriClient
 from ivr.bus import EventBus
 from ivr.errors import AriError, AriRequestError
-from ivr.flow.events import FlowEvent, IntentHeard
+from ivr.flow.events import FlowEvent, IntentHeard, Spoken
 from ivr.flow.events import SpeechStarted as FlowSpeechStarted
 from ivr.settings import AsrSettings
 from ivr.store.repository import Store
@@ -126,6 +126,7 @@ class LegListener:
         every = self.services.settings.partial_every_s
         speech: list[bytes] | None = None  # audio of the turn in progress, for partials
         speech_start = 0.0
+        spoke_at = 0.0  # monotonic time the current turn began
         next_partial = 0.0
         async for chunk in self.receiver:
             if self._debug is not None:
@@ -139,12 +140,13 @@ class LegListener:
             for event in detector.process(chunk.pcm, chunk.timestamp_s):
                 if isinstance(event, SpeechStarted):
                     speech, speech_start = [], event.at_s
+                    spoke_at = time.monotonic()
                     next_partial = event.at_s + every
                     if self.deliver is not None:
                         self.deliver(FlowSpeechStarted())
                 elif isinstance(event, Utterance):
                     speech = None
-                    self._spawn(self._recognise(event))
+                    self._spawn(self._recognise(event, spoke_at))
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -167,7 +169,7 @@ class LegListener:
                 "speaker": self.speaker, "start_s": round(self._offset_s + start_s, 3),
                 "text": transcript.text, "language": transcript.language})
 
-    async def _recognise(self, utterance: Utterance) -> None:
+    async def _recognise(self, utterance: Utterance, spoke_at: float) -> None:
         services = self.services
         started = time.monotonic()
         try:
@@ -177,6 +179,8 @@ class LegListener:
         except AsrError as exc:
             log.warning("utterance not recognised", extra={"call_id": self.call_id,
                                                            "error": type(exc).__name__})
+            if self.deliver is not None and self.speaker == "caller":
+                self.deliver(Spoken("", True, spoke_at, utterance.pcm))
             return
         intent, confidence = self._intent(transcript)
         start_s = self._offset_s + utterance.start_s
@@ -190,8 +194,11 @@ class LegListener:
             "speaker": self.speaker, "start_s": round(start_s, 3), "end_s": round(end_s, 3),
             "text": transcript.text, "language": transcript.language, "intent": intent,
             "seconds": round(time.monotonic() - started, 3)})
-        if self.deliver is not None and self.speaker == "caller" and not transcript.dropped:
-            self.deliver(IntentHeard(intent or "unknown", confidence or 0.0, transcript.text))
+        if self.deliver is not None and self.speaker == "caller":
+            self.deliver(Spoken(transcript.text, transcript.dropped, spoke_at, utterance.pcm))
+            if not transcript.dropped:
+                self.deliver(IntentHeard(intent or "unknown", confidence or 0.0,
+                                         transcript.text))
 
     def _intent(self, transcript: Transcript) -> tuple[str | None, float | None]:
         if transcript.dropped or not transcript.text:

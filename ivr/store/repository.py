@@ -23,13 +23,20 @@ from ivr.store.models import (
     TranscriptRow,
 )
 
-ACTIVE_STATES = ("ringing", "greeting", "menu", "callback", "queued", "ringing_agent",
-                 "connected")
+# States of the identity check (tiers 1 and 2) before routing.
+VERIFY_STATES = ("verifying", "voice_check", "voice_enrollment")
+ACTIVE_STATES = ("ringing", "greeting", "menu", *VERIFY_STATES, "callback", "queued",
+                 "ringing_agent", "connected")
 
 
 def utcnow() -> datetime:
     """Aware current time in UTC."""
     return datetime.now(UTC)
+
+
+def _utc(value: datetime) -> datetime:
+    # Naive filter times are read as UTC, like every stored time.
+    return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -207,9 +214,10 @@ class Store:
             return StoredCall.from_row(row) if row else None
 
     def list_calls(self, *, active: bool | None = None, region: str | None = None,
-                   intent: str | None = None, limit: int = 50, offset: int = 0
-                   ) -> list[StoredCall]:
-        """Newest first, filtered."""
+                   intent: str | None = None, agent: str | None = None,
+                   since: datetime | None = None, until: datetime | None = None,
+                   limit: int = 50, offset: int = 0) -> list[StoredCall]:
+        """Newest first, filtered (``since``/``until`` bound the start time)."""
         query = select(CallRow).order_by(CallRow.started_at.desc(), CallRow.id)
         if active is True:
             query = query.where(CallRow.state.in_(ACTIVE_STATES))
@@ -219,6 +227,12 @@ class Store:
             query = query.where(CallRow.region == region)
         if intent is not None:
             query = query.where(CallRow.intent == intent)
+        if agent is not None:
+            query = query.where(CallRow.agent_id == agent)
+        if since is not None:
+            query = query.where(CallRow.started_at >= _utc(since))
+        if until is not None:
+            query = query.where(CallRow.started_at < _utc(until))
         with self._session() as session:
             rows = session.scalars(query.limit(limit).offset(offset)).all()
             return [StoredCall.from_row(r) for r in rows]

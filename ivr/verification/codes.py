@@ -127,6 +127,12 @@ class AccountDirectory:
                 row.phone_number = digits
             return Account(row.id, row.phone_number, row.voice_status)
 
+    def get(self, account_id: str) -> Account | None:
+        """One account by id."""
+        with self._sessions() as session:
+            row = session.get(AccountRow, account_id)
+            return Account(row.id, row.phone_number, row.voice_status) if row else None
+
     def find_by_number(self, caller_number: str) -> Account | None:
         """The account registered to the calling number, if exactly one is."""
         digits = national_digits(caller_number)

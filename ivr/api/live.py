@@ -1,0 +1,147 @@
+"""``/api/v1/live``: a WebSocket of everything supervisors watch, resumable by sequence number.
+
+Protocol (JSON text frames):
+
+- The client authenticates with an ``Authorization: Bearer`` header or, from a browser, with a
+  first message ``{"type": "auth", "token": ..., "last_seq": N, "epoch": E}`` (``last_seq`` and
+  ``epoch`` only when resuming). Bad or missing token: close code 4401; wrong role: 4403.
+- New client, or one whose events are no longer kept: ``{"type": "snapshot", "seq", "epoch",
+  "calls", "agents", "waiting"}`` then every event after ``seq``.
+- Resuming client: the events it missed (``seq`` > ``last_seq``), then live ones.
+- Events: ``{"type": "event", "seq", "kind", "call_id", "data"}`` with kinds ``call``
+  (every recorded call event with the call's board row), ``transcript.partial``,
+  ``transcript.final``, ``acd`` (agents and queues). Numbers are masked and transcripts redacted
+  before they leave, as in the REST API.
+- If this client fell behind and the bus dropped events for it, a fresh snapshot follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import HTTPException
+
+from ivr.api.auth import authenticate, token_store
+from ivr.api.calls import mask_number
+from ivr.api.services import ApiServices
+from ivr.auth.tokens import Principal
+from ivr.bus import BusEvent, EventBus
+from ivr.redaction import redact
+
+LIVE_ROLES = ("admin", "supervisor")
+AUTH_TIMEOUT_S = 5.0
+
+
+def redact_event(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    """What a supervisor may see of one bus event."""
+    if kind.startswith("transcript") and isinstance(data.get("text"), str):
+        return {**data, "text": redact(data["text"])}
+    if kind == "call":
+        out = dict(data)
+        if isinstance(out.get("call"), dict):
+            out["call"] = redact_row(out["call"])
+        if isinstance(out.get("data"), dict):
+            out["data"] = {k: (mask_number(v) if isinstance(v, str) and k.endswith("number")
+                               else v) for k, v in out["data"].items()}
+        return out
+    return data
+
+
+def redact_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A board row with the caller's number masked."""
+    return {**row, "caller_number": mask_number(row.get("caller_number"))}
+
+
+def live_router(services: ApiServices) -> APIRouter:
+    """The live WebSocket."""
+    router = APIRouter()
+
+    @router.websocket("/api/v1/live")
+    async def live(websocket: WebSocket) -> None:
+        await websocket.accept()
+        bus = services.bus
+        try:
+            principal, hello = await _authenticate(websocket)
+        except HTTPException as exc:
+            await websocket.close(4401 if exc.status_code == 401 else 4403, str(exc.detail))
+            return
+        except (WebSocketDisconnect, ValueError, TimeoutError):
+            with contextlib.suppress(RuntimeError):
+                await websocket.close(4400, "expected an auth message")
+            return
+        if principal.role not in LIVE_ROLES:
+            await websocket.close(4403, f"role {principal.role!r} may not watch live calls")
+            return
+        if bus is None:
+            await websocket.close(1011, "no live events in this process")
+            return
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            await _stream(websocket, services, bus, hello)
+
+    return router
+
+
+async def _authenticate(websocket: WebSocket) -> tuple[Principal, dict[str, Any]]:
+    header = websocket.headers.get("authorization", "")
+    hello: dict[str, Any] = {}
+    token: str | None = None
+    if header.lower().startswith("bearer "):
+        token = header[7:].strip()
+    else:
+        text = await asyncio.wait_for(websocket.receive_text(), AUTH_TIMEOUT_S)
+        hello = json.loads(text)
+        if not isinstance(hello, dict) or hello.get("type") != "auth":
+            raise ValueError("first message must be an auth message")
+        token = str(hello.get("token") or "")
+    principal = await authenticate(token_store(websocket), token)  # type: ignore[arg-type]
+    return principal, hello
+
+
+async def _stream(websocket: WebSocket, services: ApiServices, bus: EventBus,
+                  hello: dict[str, Any]) -> None:
+    sub = bus.subscribe()
+    try:
+        last = hello.get("last_seq")
+        missed = (bus.since(int(last)) if isinstance(last, int) and last >= 0
+                  and hello.get("epoch") == bus.epoch else None)
+        if missed is None:
+            sent = await _snapshot(websocket, services, bus)
+        else:
+            sent = int(last)  # type: ignore[arg-type]
+            for event in missed:
+                await _send(websocket, event)
+                sent = event.seq
+        while True:
+            if sub.dropped:
+                sub.dropped = 0  # this client fell behind: start it over from a snapshot
+                while not sub.queue.empty():
+                    sub.queue.get_nowait()
+                sent = await _snapshot(websocket, services, bus)
+            event = await sub.queue.get()
+            if event.seq > sent:
+                await _send(websocket, event)
+                sent = event.seq
+    finally:
+        bus.unsubscribe(sub)
+
+
+async def _snapshot(websocket: WebSocket, services: ApiServices, bus: EventBus) -> int:
+    seq = bus.last_seq
+    state: dict[str, Any] = {"calls": [], "agents": [], "waiting": []}
+    if services.snapshot is not None:
+        state = await services.snapshot()
+    await websocket.send_json({
+        "type": "snapshot", "seq": seq, "epoch": bus.epoch,
+        "calls": [redact_row(c) for c in state.get("calls", [])],
+        "agents": state.get("agents", []), "waiting": state.get("waiting", [])})
+    return seq
+
+
+async def _send(websocket: WebSocket, event: BusEvent) -> None:
+    await websocket.send_json({"type": "event", "seq": event.seq, "kind": event.kind,
+                               "call_id": event.call_id,
+                               "data": redact_event(event.kind, event.data)})

@@ -1,0 +1,418 @@
+"""``/routing/rules``: the routing rules as managed data (CRUD, history, YAML export/import).
+
+Admins write, supervisors and admins read. Writes to an existing rule, and imports of the whole
+set, need ``If-Match`` with the ETag that was read: absent is 428, stale is 412 (the body says
+the current ETag). Validation errors are 422 with ``details[].loc`` naming the field, e.g.
+``["body", "then", "target_region"]`` or, for an import, ``["body", "rules", 2, "then", "skill"]``.
+Request bodies over 1 MiB are refused with 413 before they are read into memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from starlette.responses import JSONResponse
+from starlette.types import Message
+
+from ivr.api.auth import Admin, Supervising
+from ivr.api.errors import error_body, field_error
+from ivr.api.services import ApiServices
+from ivr.errors import RuleError
+from ivr.routing.manage import (
+    MAX_NAME_CHARS,
+    MAX_POSITION,
+    MAX_PRIORITY,
+    MAX_SECONDS,
+    MAX_WINDOWS,
+    PreconditionFailed,
+    PreconditionRequired,
+    RuleBook,
+    RuleChange,
+    RuleExists,
+    RuleNotFound,
+    StoredRule,
+)
+from ivr.routing.rule_schema import DAY_NAMES, RULE_ID
+from ivr.routing.rules import (
+    ANY_REGION,
+    CALLER_REGION,
+    INTENTS,
+    VERIFICATION_RESULTS,
+    AfterHours,
+    CallerTier,
+    HolidayMode,
+)
+from ivr.routing.service import RoutingService
+
+MAX_BODY_BYTES = 1 << 20
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/plain")
+_CLOCK = r"^([01]\d|2[0-3]):[0-5]\d$"
+_LOC_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+T = TypeVar("T")
+
+
+# Strings whose allowed values the schema lists; the rule validator checks them (one source).
+Intent = Annotated[str, WithJsonSchema({"type": "string", "enum": list(INTENTS)})]
+Verification = Annotated[str, WithJsonSchema({"type": "string",
+                                              "enum": list(VERIFICATION_RESULTS)})]
+Day = Annotated[str, WithJsonSchema({"type": "string", "enum": list(DAY_NAMES)})]
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+class ErrorOut(BaseModel):
+    """The error shape of every endpoint."""
+
+    status: int
+    error_id: str
+    message: str
+    details: Any
+
+
+class WindowModel(BaseModel):
+    """A weekly window of local time; an end before the start runs past midnight."""
+
+    model_config = _STRICT
+
+    days: list[Day] = Field(min_length=1)
+    start: str = Field(json_schema_extra={"pattern": _CLOCK}, examples=["08:00"])
+    end: str = Field(json_schema_extra={"pattern": _CLOCK}, examples=["22:00"])
+
+
+class WhenModel(BaseModel):
+    """When a rule applies; an empty condition matches anything."""
+
+    model_config = _STRICT
+
+    intents: list[Intent] = Field(default_factory=list)
+    regions: list[str] = Field(default_factory=list, description="caller regions")
+    hours: list[WindowModel] = Field(default_factory=list, max_length=MAX_WINDOWS)
+    holidays: HolidayMode = "any"
+    caller_tier: CallerTier = "any"
+    verification: list[Verification] = Field(default_factory=list)
+
+
+class ThenModel(BaseModel):
+    """Where and how a matching call is queued."""
+
+    model_config = _STRICT
+
+    target_region: str = Field(CALLER_REGION, description=f"a region, or '{CALLER_REGION}'")
+    skill: str | None = Field(None, description="an agent skill; null: the intent's name")
+    priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
+    overflow_regions: list[str] = Field(default_factory=list,
+                                        description=f"regions, or ['{ANY_REGION}'] alone")
+    overflow_after_s: float = Field(60.0, gt=0, le=MAX_SECONDS)
+    ring_timeout_s: float = Field(15.0, gt=0, le=MAX_SECONDS)
+    max_wait_s: float = Field(300.0, gt=0, le=MAX_SECONDS)
+    open_hours: list[WindowModel] = Field(default_factory=list, max_length=MAX_WINDOWS)
+    open_on_holidays: bool = False
+    after_hours: AfterHours = "callback"
+
+
+class RuleIn(BaseModel):
+    """A rule to create or replace (the ``body`` of a rule as read, ``position`` optional)."""
+
+    model_config = _STRICT
+
+    id: str | None = Field(None, json_schema_extra={"pattern": RULE_ID.pattern},
+                           description="null on create: made from the name")
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
+    position: int | None = Field(None, ge=-MAX_POSITION, le=MAX_POSITION,
+                                 description="evaluation order, lowest first; null on create: "
+                                             "last, on replace: unchanged")
+    enabled: bool = True
+    when: WhenModel | None = None
+    then: ThenModel | None = None
+    timezone: str | None = Field(None, max_length=64,
+                                 description="the zone the times are written in; must be the "
+                                             "configured routing.timezone (not stored)")
+
+
+class RuleBody(BaseModel):
+    """A rule in dict form, every field written out."""
+
+    model_config = _STRICT
+
+    id: str
+    name: str
+    position: int
+    enabled: bool
+    when: WhenModel
+    then: ThenModel
+
+
+class RuleOut(BaseModel):
+    """A stored rule with its version."""
+
+    id: str
+    position: int
+    version: int
+    etag: str
+    body: RuleBody
+    updated_at: datetime
+    updated_by: str
+
+
+class RuleSetOut(BaseModel):
+    """Every rule in evaluation order and the ETag of the whole set."""
+
+    etag: str
+    rules: list[RuleOut]
+
+
+class DiffOut(BaseModel):
+    """One changed field (``before``/``after`` null where the field was absent)."""
+
+    path: str = Field(examples=["then.target_region"])
+    before: Any
+    after: Any
+
+
+class ChangeOut(BaseModel):
+    """One recorded change."""
+
+    id: int
+    rule_id: str
+    action: str = Field(json_schema_extra={"enum": ["create", "update", "delete", "import"]})
+    version: int
+    by: str
+    at: datetime
+    before: dict[str, Any] | None = Field(description="the rule before (null: created)")
+    after: dict[str, Any] | None = Field(description="the rule after (null: deleted)")
+    diff: list[DiffOut]
+
+
+class HistoryOut(BaseModel):
+    """A page of changes, newest first."""
+
+    items: list[ChangeOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class ImportOut(BaseModel):
+    """What an import did, by rule id."""
+
+    etag: str
+    created: list[str]
+    updated: list[str]
+    deleted: list[str]
+    unchanged: list[str]
+
+
+class YamlResponse(Response):
+    """A YAML document."""
+
+    media_type = "application/yaml"
+
+
+_DESCRIPTIONS = {
+    400: "The body is not parseable JSON", 401: "No valid bearer token",
+    403: "The token's role may not do this", 404: "No rule with this id",
+    409: "A rule with this id exists", 412: "If-Match does not name the current ETag",
+    413: "The body is over 1 MiB", 415: "The body is not YAML or plain text",
+    422: "Invalid input; details[].loc names the field", 428: "If-Match is required",
+    503: "Routing is not available in this process",
+}
+_ETAG_HEADER = {"ETag": {"description": "entity tag for If-Match", "schema": {"type": "string"}}}
+_READ = (401, 403, 503)
+_WRITE = (401, 403, 413, 422, 503)
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    out: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorOut, "description": _DESCRIPTIONS[code]} for code in codes}
+    if 412 in out:
+        out[412]["headers"] = _ETAG_HEADER
+    return out
+
+
+def _too_large() -> Response:
+    return JSONResponse(error_body(413, f"the body is over {MAX_BODY_BYTES} bytes"), 413)
+
+
+class CappedBodyRoute(APIRoute):
+    """A route that refuses bodies over ``MAX_BODY_BYTES`` with 413 before parsing them."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """The normal handler behind a size check on the streamed body."""
+        handler = super().get_route_handler()
+
+        async def capped(request: Request) -> Response:
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+                return _too_large()
+            body = bytearray()
+            async for chunk in request.stream():
+                body.extend(chunk)
+                if len(body) > MAX_BODY_BYTES:
+                    return _too_large()
+            replayed = False
+
+            async def receive() -> Message:
+                nonlocal replayed
+                if replayed:  # after the body: whatever the server says next (disconnect)
+                    return await request.receive()
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+            return await handler(Request(request.scope, receive))
+
+        return capped
+
+
+def _loc(field: str) -> tuple[str | int, ...]:
+    """A RuleError path ("rules[2].then.skill") as a validation location under the body."""
+    parts: list[str | int] = ["body"]
+    for name, index in _LOC_PART.findall(field):
+        parts.append(int(index) if index else name)
+    return tuple(parts)
+
+
+def _rule_out(rule: StoredRule) -> RuleOut:
+    return RuleOut(id=rule.id, position=rule.position, version=rule.version, etag=rule.etag,
+                   body=RuleBody.model_validate(rule.body), updated_at=rule.updated_at,
+                   updated_by=rule.updated_by)
+
+
+def _change_out(change: RuleChange) -> ChangeOut:
+    return ChangeOut(id=change.id, rule_id=change.rule_id, action=change.action,
+                     version=change.version, by=change.by, at=change.at,
+                     before=change.before, after=change.after,
+                     diff=[DiffOut(path=d.path, before=d.before, after=d.after)
+                           for d in change.diff])
+
+
+async def _call(fn: Callable[..., T], *args: Any) -> T:
+    """Run a RuleBook operation off the loop and turn its errors into HTTP answers."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except RuleError as exc:
+        raise field_error(_loc(exc.field), exc.message) from exc
+    except RuleNotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except RuleExists as exc:
+        raise HTTPException(409, str(exc)) from exc
+    except PreconditionRequired as exc:
+        raise HTTPException(428, str(exc)) from exc
+    except PreconditionFailed as exc:
+        headers = {"ETag": exc.current} if exc.current else None
+        raise HTTPException(412, str(exc), headers=headers) from exc
+
+
+def _rule_body(body: RuleIn) -> dict[str, Any]:
+    """The fields the client sent, nested sections included (defaults are the validator's)."""
+    return body.model_dump(exclude_unset=True)
+
+
+def rules_router(services: ApiServices) -> APIRouter:
+    """CRUD, history, export and import of the routing rules."""
+    router = APIRouter(prefix="/api/v1/routing", tags=["routing"], route_class=CappedBodyRoute)
+    built: list[tuple[RoutingService, RuleBook]] = []
+
+    def book() -> RuleBook:
+        routing = services.need_routing()
+        if not built or built[0][0] is not routing:
+            built[:] = [(routing, RuleBook(routing))]
+        return built[0][1]
+
+    @router.get("/rules", response_model=RuleSetOut,
+                responses={200: {"headers": _ETAG_HEADER}, **_errors(*_READ)})
+    async def list_rules(_: Supervising, response: Response) -> RuleSetOut:
+        """Every rule in evaluation order; the ETag is the one import needs."""
+        rules = await _call(book().rule_set)
+        response.headers["ETag"] = rules.etag
+        return RuleSetOut(etag=rules.etag, rules=[_rule_out(r) for r in rules.rules])
+
+    @router.post("/rules", response_model=RuleOut, status_code=201,
+                 responses={201: {"headers": {**_ETAG_HEADER, "Location": {
+                     "description": "the new rule", "schema": {"type": "string"}}}},
+                     **_errors(400, 409, *_WRITE)})
+    async def create_rule(body: RuleIn, principal: Admin, response: Response) -> RuleOut:
+        """Add a rule (409 when its id is taken)."""
+        rule = await _call(book().create, _rule_body(body), principal.label)
+        response.headers["ETag"] = rule.etag
+        response.headers["Location"] = f"{router.prefix}/rules/{rule.id}"
+        return _rule_out(rule)
+
+    # Declared before /rules/{rule_id} so these paths are not read as rule ids.
+    @router.get("/rules/history", response_model=HistoryOut, responses=_errors(422, *_READ))
+    async def rule_history(
+        _: Supervising,
+        rule_id: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+    ) -> HistoryOut:
+        """Who changed what and when, newest first, with a dotted-path diff per change."""
+        page = await _call(book().history, rule_id, limit, offset)
+        return HistoryOut(items=[_change_out(c) for c in page.changes], total=page.total,
+                          limit=limit, offset=offset)
+
+    @router.get("/rules/export", response_class=YamlResponse,
+                responses={200: {"headers": _ETAG_HEADER, "content": {
+                    "application/yaml": {"schema": {"type": "string"}}}}, **_errors(*_READ)})
+    async def export_rules(_: Supervising) -> YamlResponse:
+        """The whole set as YAML, as import (and ``routing.rules_file``) reads it."""
+        text, etag = await _call(book().export_yaml)
+        return YamlResponse(text, headers={"ETag": etag})
+
+    @router.post("/rules/import", response_model=ImportOut,
+                 responses={200: {"headers": _ETAG_HEADER}, **_errors(412, 415, 428, *_WRITE)},
+                 openapi_extra={"requestBody": {"required": True, "content": {
+                     media: {"schema": {"type": "string"}} for media in YAML_TYPES}}})
+    async def import_rules(
+        request: Request, principal: Admin, response: Response,
+        if_match: Annotated[str | None, Header(description="the ETag of GET /rules")] = None,
+    ) -> ImportOut:
+        """Replace the whole set from YAML, all or nothing; one history entry per rule changed."""
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media and media not in YAML_TYPES:
+            raise HTTPException(415, f"send the rules as one of {', '.join(YAML_TYPES)}")
+        try:
+            text = (await request.body()).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise field_error(("body",), "the document is not UTF-8 text") from exc
+        outcome = await _call(book().import_yaml, text, if_match, principal.label)
+        response.headers["ETag"] = outcome.etag
+        return ImportOut(etag=outcome.etag, created=list(outcome.created),
+                         updated=list(outcome.updated), deleted=list(outcome.deleted),
+                         unchanged=list(outcome.unchanged))
+
+    @router.get("/rules/{rule_id}", response_model=RuleOut,
+                responses={200: {"headers": _ETAG_HEADER}, **_errors(404, *_READ)})
+    async def get_rule(rule_id: str, _: Supervising, response: Response) -> RuleOut:
+        """One rule; its ETag is its version."""
+        rule = await _call(book().get, rule_id)
+        response.headers["ETag"] = rule.etag
+        return _rule_out(rule)
+
+    @router.put("/rules/{rule_id}", response_model=RuleOut,
+                responses={200: {"headers": _ETAG_HEADER},
+                           **_errors(400, 404, 412, 428, *_WRITE)})
+    async def replace_rule(
+        rule_id: str, body: RuleIn, principal: Admin, response: Response,
+        if_match: Annotated[str | None, Header(description="the ETag of the rule")] = None,
+    ) -> RuleOut:
+        """Replace a rule; the version goes up by one (unchanged bodies keep theirs)."""
+        rule = await _call(book().replace, rule_id, _rule_body(body), if_match, principal.label)
+        response.headers["ETag"] = rule.etag
+        return _rule_out(rule)
+
+    @router.delete("/rules/{rule_id}", status_code=204,
+                   responses=_errors(404, 412, 428, 401, 403, 413, 503))
+    async def delete_rule(
+        rule_id: str, principal: Admin,
+        if_match: Annotated[str | None, Header(description="the ETag of the rule")] = None,
+    ) -> None:
+        """Remove a rule (its history stays)."""
+        await _call(book().delete, rule_id, if_match, principal.label)
+
+    return router

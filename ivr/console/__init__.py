@@ -1,0 +1,1 @@
+"""The supervisor console: static page, script and style served at ``/`` by the API."""

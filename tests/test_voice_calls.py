@@ -1,0 +1,216 @@
+"""Tier 2 through Asterisk: code by keypad -> spoken challenge -> voiceprint decision logged ->
+routed by the result; enrollment over the phone; replay of an earlier attempt; the security
+team's endpoints on the same running service.
+
+The speech path runs the tiny random Whisper, which cannot hear digits: every challenge here is
+"not heard", so the decision is ``reject`` and the call goes to the experts — the real decision
+path, logged like any other. Acceptance needs trained weights (the last test, skipped without).
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ivr.sip.phone import PhoneCall, SipStack
+
+from conftest import RunningAsterisk
+from hotline import Hotline, dial_and_press, running_hotline, wait_until
+
+pytestmark = [pytest.mark.asterisk, pytest.mark.model, pytest.mark.slow]
+
+MASTER_KEY = "5f" * 32
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[Path, Path]:
+    from asr.testing.tiny_models import TinyModelUnavailable, build_tiny_whisper
+    from voiceprint.testing.tiny_ecapa import build_tiny_ecapa
+
+    try:
+        return build_tiny_whisper(), build_tiny_ecapa()
+    except TinyModelUnavailable as exc:
+        pytest.skip(f"tiny Whisper model cannot be built here: {exc}")
+
+
+@pytest.fixture(scope="module")
+def hotline(asterisk: RunningAsterisk, models: tuple[Path, Path],
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hotline]:
+    whisper, ecapa = models
+    tmp = tmp_path_factory.mktemp("voice")
+    start = random.randrange(45000, 45900, 100)
+    env = {"IVR_ASR__MODEL_DIR": str(whisper), "IVR_ASR__LANGUAGE": "en",
+           "IVR_ASR__RTP_PORT_START": str(start), "IVR_ASR__RTP_PORT_END": str(start + 99),
+           "IVR_VOICEPRINT__MODEL_DIR": str(ecapa), "IVR_VOICEPRINT__MASTER_KEY": MASTER_KEY,
+           "IVR_VOICEPRINT__MIN_ENROLL_SPEECH_S": "3", "IVR_VOICEPRINT__CHALLENGE_ATTEMPTS": "1",
+           "IVR_VOICEPRINT__ANSWER_TIMEOUT_S": "8"}
+    with running_hotline(asterisk, tmp, **env) as running:
+        for account, phone in (("acct-phone-enroll", "13800210001"),
+                               ("acct-voice", "13800210002"),
+                               ("acct-upload", "13800210003")):
+            subprocess.run([sys.executable, "-m", "ivr.cli", "account", "add", "--id", account,
+                            "--phone", phone], env=running.env, check=True,
+                           capture_output=True)
+        yield running
+
+
+def _speak(folder: Path, name: str, text: str, voice: str = "en-us") -> Path:
+    """espeak-ng speech as a 16 kHz mono WAV."""
+    raw, out = folder / f"{name}.raw.wav", folder / f"{name}.wav"
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(raw), text], check=True)
+    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out)],
+                   check=True)
+    return out
+
+
+def _events(record: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [e["data"] for e in record["events"] if e["kind"] == kind]
+
+
+def _code_for(hotline: Hotline, account: str) -> str:
+    def sent() -> bool:
+        return bool(hotline.get("/verification/outbox", account_id=account).json())
+
+    wait_until(sent, 20, f"a code for {account}")
+    body = hotline.get("/verification/outbox", account_id=account).json()[0]["body"]
+    match = re.search(r"code is (\d{6})", body)
+    assert match is not None, body
+    return match.group(1)
+
+
+def _pass_tier_one(hotline: Hotline, sip_stack: SipStack, asterisk: RunningAsterisk,
+                   number: str, account: str) -> tuple[PhoneCall, str]:
+    call = dial_and_press(sip_stack, asterisk, number, "3")
+    sip_call_id = call.record.sip_call_id
+    hotline.wait_call(sip_call_id, lambda c: c["state"] == "verifying", 30)
+    code = _code_for(hotline, account)
+    time.sleep(1.0)
+    call.send_dtmf(code + "#")
+    return call, sip_call_id
+
+
+def _attempts(hotline: Hotline, **filters: Any) -> list[dict[str, Any]]:
+    response = hotline.get("/voiceprint/attempts", "security", **filters)
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+def test_phone_enrollment_after_tier_one(hotline: Hotline, sip_stack: SipStack,
+                                         asterisk: RunningAsterisk, artifacts: Path) -> None:
+    phrases = [_speak(artifacts, f"phrase{i}", text) for i, text in enumerate((
+        "The weather is lovely today and I would like to check my account.",
+        "My voice is my password so please help me confirm who I am.",
+        "Spring has come and the children are running on the grass."), 1)]
+    call, sip_call_id = _pass_tier_one(hotline, sip_stack, asterisk, "13800210001",
+                                       "acct-phone-enroll")
+    hotline.wait_call(sip_call_id, lambda c: c["state"] == "voice_enrollment", 30)
+    time.sleep(2.0)
+    call.send_dtmf("1")  # consent
+    for index, wav in enumerate(phrases, 1):
+        hotline.wait_call(sip_call_id, lambda c, i=index: any(  # type: ignore[misc]
+            e.get("phrase") == i for e in _events(c, "enroll_listening")), 60,
+            f"phrase {index} to be asked")
+        call.play(wav)
+    record = hotline.wait_call(sip_call_id, lambda c: c["route_decision"] is not None, 60)
+    call.hangup()
+    call.wait_ended()
+    verification = record["verification"]
+    assert verification["tier1"] == "passed"
+    assert verification["tier2"] == "no_enrollment"
+    assert verification["enrollment"] == "enrolled", _events(record, "enroll_rejected")
+    assert _events(record, "voice_consent") == [{"consent": True}]
+    # Enrolled now, but nothing was proven by voice on this call: the experts take it.
+    assert verification["decision"] == "none"
+    assert record["route_decision"]["skill"] == "security_expert"
+    enrolled = _attempts(hotline, account_id="acct-phone-enroll", kind="enrollment")
+    assert len(enrolled) == 1 and enrolled[0]["call_id"] == record["call_id"]
+    status = hotline.get("/voiceprint/accounts/acct-phone-enroll", "security").json()
+    assert status["enrolled"] is True and status["retained_recordings"] == 0
+
+
+def _enroll_by_upload(hotline: Hotline, folder: Path, account: str) -> None:
+    texts = ("Seven bright ships sailed across the quiet northern sea at dawn.",
+             "A careful reader finds new meaning in every old and dusty book.",
+             "Please remember to water the garden plants before the summer heat.")
+    samples = [base64.b64encode(_speak(folder, f"{account}-{i}", t).read_bytes()).decode()
+               for i, t in enumerate(texts)]
+    url = f"{hotline.api}/voiceprint/accounts/{account}/enrollment"
+    import httpx
+
+    denied = httpx.post(url, json={"consent": True, "samples": samples},
+                        headers=hotline.headers("supervisor"), timeout=30)
+    assert denied.status_code == 403
+    no_consent = httpx.post(url, json={"consent": False, "samples": samples},
+                            headers=hotline.headers("security"), timeout=30)
+    assert no_consent.status_code == 422
+    assert no_consent.json()["details"][0]["loc"] == ["body", "consent"]
+    done = httpx.post(url, json={"consent": True, "samples": samples},
+                      headers=hotline.headers("security"), timeout=60)
+    assert done.status_code == 201, done.text
+    assert done.json()["decision"] == "enrolled"
+
+
+def test_spoken_challenge_decides_and_is_logged(hotline: Hotline, sip_stack: SipStack,
+                                                asterisk: RunningAsterisk,
+                                                artifacts: Path) -> None:
+    _enroll_by_upload(hotline, artifacts, "acct-voice")
+    first = _challenge_call(hotline, sip_stack, asterisk, artifacts, "first")
+    attempt = first["attempt"]
+    record = first["record"]
+    assert attempt["call_id"] == record["call_id"]
+    assert attempt["kind"] == "decision"
+    assert attempt["masked_caller"] == "*********02"
+    assert attempt["challenge_expected"] == first["challenge"]
+    # The tiny random model cannot hear digits: the challenge fails and the voice is not scored.
+    assert attempt["challenge_heard"] != first["challenge"]
+    assert attempt["decision"] == "reject" and attempt["replay"] is False
+    assert attempt["model_id"] and attempt["threshold"]["accept"] == 3.0
+    verification = record["verification"]
+    assert verification["tier1"] == "passed" and verification["tier2"] == "reject"
+    assert verification["decision"] == "reject"
+    assert verification["audit_seq"] == attempt["seq"]
+    assert record["route_decision"]["skill"] == "security_expert"
+
+    # The same audio again (a recording of the earlier attempt): flagged as a replay.
+    second = _challenge_call(hotline, sip_stack, asterisk, artifacts, "replayed",
+                             replay_of=first["wav"])
+    assert second["attempt"]["replay"] is True, second["attempt"]
+    assert second["attempt"]["decision"] == "reject"
+    assert second["record"]["verification"]["replay"] is True
+
+    chain = hotline.get("/voiceprint/audit/verify", "security").json()
+    assert chain["ok"] is True and chain["checked"] >= 3
+    assert hotline.get("/voiceprint/audit/verify", "supervisor").status_code == 403
+    csv = hotline.get("/voiceprint/attempts", "security", account_id="acct-voice",
+                      format="csv")
+    assert csv.headers["content-type"].startswith("text/csv")
+    assert first["challenge"] in csv.text and "13800210002" not in csv.text
+    assert hotline.get("/voiceprint/attempts", "supervisor").status_code == 403
+
+
+def _challenge_call(hotline: Hotline, sip_stack: SipStack, asterisk: RunningAsterisk,
+                    folder: Path, name: str, replay_of: Path | None = None) -> dict[str, Any]:
+    call, sip_call_id = _pass_tier_one(hotline, sip_stack, asterisk, "13800210002",
+                                       "acct-voice")
+    asked = hotline.wait_call(sip_call_id, lambda c: bool(_events(c, "voice_listening")), 60,
+                              "the challenge to be asked")
+    challenge = _events(asked, "voice_challenge")[0]["challenge"]
+    assert re.fullmatch(r"\d{6}", challenge)
+    wav = replay_of or _speak(folder, name, " ".join(challenge))
+    call.play(wav)
+    record = hotline.wait_call(sip_call_id, lambda c: c["route_decision"] is not None, 60)
+    call.hangup()
+    call.wait_ended()
+    attempts = _attempts(hotline, call_id=record["call_id"], kind="decision")
+    assert len(attempts) == 1, attempts
+    return {"record": record, "attempt": attempts[0], "challenge": challenge, "wav": wav}
