@@ -85,17 +85,23 @@ def find_digit_groups(text: str) -> list[NumberSpan]:
     """The pieces the runs are made of: tokens with nothing at all between them.
 
     ``138 0013 8000`` is one run of three groups and ``one three eight`` one run of three;
-    ``幺三八零零`` is a single group. Every group lies inside one run of ``find_number_spans``,
-    and ``find_digit_groups(text[run.start:run.end])`` gives the groups of that run alone.
+    ``幺三八零零`` is a single group. "oh" and "o" are always groups of their own, with no digits
+    when read alone. Every group lies inside one run of ``find_number_spans``, and
+    ``find_digit_groups(text[run.start:run.end])`` gives the groups of that run alone.
     """
     groups: list[NumberSpan] = []
     for run in _runs(text):
         first = 0
         for index in range(1, len(run) + 1):
-            if index == len(run) or run[index].start != run[index - 1].end:
+            if index == len(run) or _new_group(run[index - 1], run[index]):
                 groups.append(_span(run[first:index]))
                 first = index
     return groups
+
+
+def _new_group(previous: _Token, token: _Token) -> bool:
+    # "oh" stands alone so that no part of a run is taken as a number that starts or ends on it.
+    return token.start != previous.end or token.weak or previous.weak
 
 
 def _runs(text: str) -> list[list[_Token]]:

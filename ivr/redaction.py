@@ -6,9 +6,9 @@ is classified by its digit string, first rule that matches:
 1. ``[ID]`` resident identity number (GB 11643-1999): 17 digits and a check character valid
    under ISO 7064 MOD 11-2. The check character may be a digit of the run, or an X / x / 叉
    just after 17 digits (``11010519491231002X``, ``…零零二叉``).
-2. ``[PHONE]`` mobile number after +86, 86 or 0086. Checked before cards because no card number
-   starts with 86 or 00, and such a run passes the Luhn check one time in ten. A ``+`` directly
-   before the run is masked with it.
+2. ``[PHONE]`` mobile number after +86, 86 or 0086. Checked before cards because bank cards
+   (UnionPay 62, Visa 4, Mastercard 5, Amex and JCB 3) never start with 86 or 00, while such a
+   run passes the Luhn check one time in ten. A ``+`` directly before the run is masked with it.
 3. ``[CARD]`` bank card: 13 to 19 digits passing the Luhn check.
 4. ``[PHONE]`` mobile number (1[3-9] and 9 digits, optionally after a trunk 0) or landline: 0,
    an area code (10 or 2x, or three digits from 3xx to 9xx) and a 7 or 8 digit subscriber number.
@@ -32,7 +32,9 @@ from functools import cached_property
 
 from asr.numbers import NumberSpan, find_digit_groups, find_number_spans, spoken_digits
 
-__all__ = ["CODE_WINDOW_CHARS", "Finding", "redact", "redact_with_findings"]
+__all__ = [
+    "CARD", "CODE", "CODE_WINDOW_CHARS", "ID", "PHONE", "Finding", "redact", "redact_with_findings",
+]
 
 PHONE, ID, CARD, CODE = "PHONE", "ID", "CARD", "CODE"
 # How far after its keyword a code may start: "验证码是…" or "the code is …".
@@ -124,10 +126,12 @@ class _Context:
         ]
         if len(pieces) < 2:
             return []  # a single group is the run itself
+        # A number does not start or end on a piece with no digits of its own ("oh").
+        edges = [bool(spoken_digits(self.text[p.start:p.end])) for p in pieces]
         found: list[Finding] = []
         first = 0
         while first < len(pieces):
-            finding, after = self._longest_from(pieces, first)
+            finding, after = self._longest_from(pieces, edges, first)
             if finding is None:
                 first += 1
             else:
@@ -135,15 +139,20 @@ class _Context:
                 first = after
         return found
 
-    def _longest_from(self, pieces: list[NumberSpan], first: int) -> tuple[Finding | None, int]:
-        lengths = [0]
+    def _longest_from(
+        self, pieces: list[NumberSpan], edges: list[bool], first: int,
+    ) -> tuple[Finding | None, int]:
+        if not edges[first]:
+            return None, first
+        count, total = 0, 0
         for piece in pieces[first:]:
-            if lengths[-1] + len(piece.digits) > _LONGEST_NUMBER:
+            total += len(piece.digits)
+            if total > _LONGEST_NUMBER:
                 break
-            lengths.append(lengths[-1] + len(piece.digits))
-        for after in range(first + len(lengths) - 1, first, -1):
-            if first == 0 and after == len(pieces):
-                continue  # the whole run, already classified
+            count += 1
+        for after in range(first + count, first, -1):
+            if (first == 0 and after == len(pieces)) or not edges[after - 1]:
+                continue  # the whole run, already classified; or ending on "oh"
             digits = "".join(piece.digits for piece in pieces[first:after])
             finding = self.classify(pieces[first].start, pieces[after - 1].end, digits)
             if finding is not None:
@@ -156,7 +165,7 @@ class _Context:
                 break
             gap = self.text[keyword_end:start]
             if (len(gap) <= CODE_WINDOW_CHARS and not _MASK.search(gap)
-                    and len(spoken_digits(gap)) < 3):
+                    and len(spoken_digits(gap)) < _SHORTEST_NUMBER):
                 return True
         return False
 

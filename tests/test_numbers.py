@@ -75,6 +75,7 @@ def test_number_span_is_a_frozen_value() -> None:
     ("double five six", ["double five", "six"]),
     ("138零零 one", ["138零零", "one"]),
     ("four oh seven", ["four", "oh", "seven"]),
+    ("8oh0", ["8", "oh", "0"]),
 ])
 def test_find_digit_groups(text: str, groups: list[str]) -> None:
     assert [text[g.start:g.end] for g in find_digit_groups(text)] == groups

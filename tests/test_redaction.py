@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from asr.numbers import spoken_digits
+from asr.numbers import find_digit_groups, spoken_digits
 from ivr.redaction import Finding, redact, redact_with_findings
 
 pytestmark = pytest.mark.unit
@@ -132,13 +132,18 @@ _NUMBERY_TEXT = st.lists(_PIECES, max_size=40).map("".join)
 
 @settings(max_examples=300)
 @given(st.one_of(st.text(), _NUMBERY_TEXT))
+@example("6222021234567894oh 13800138000")  # "oh" inside the run, not at the end of a number
+@example("code 12345678 and 999")  # the mask must not bring 999 into the keyword's window
+@example("code 123456 [CODE] 7890")
 def test_redact_is_total_idempotent_and_masks_only_its_findings(text: str) -> None:
     redacted, findings = redact_with_findings(text)
     assert redact(redacted) == redacted
+    groups = find_digit_groups(text)
     rebuilt, position = [], 0
     for finding in findings:
         assert position <= finding.start < finding.end <= len(text)
-        assert len(spoken_digits(text[finding.start:finding.end])) >= 3
+        assert finding.kind in {"PHONE", "ID", "CARD", "CODE"}
+        assert any(finding.start <= g.start and g.end <= finding.end for g in groups)
         rebuilt += [text[position:finding.start], f"[{finding.kind}]"]
         position = finding.end
     assert "".join([*rebuilt, text[position:]]) == redacted

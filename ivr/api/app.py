@@ -15,7 +15,7 @@ from ivr.api.calls import calls_router
 from ivr.api.errors import error_body, install_error_handlers
 from ivr.api.live import live_router
 from ivr.api.routing import rules_router
-from ivr.api.schemas import ReadyOut, SimulateIn, SimulateOut
+from ivr.api.schemas import ErrorOut, ReadyOut, SimulateIn, SimulateOut
 from ivr.api.services import ApiServices
 from ivr.api.tokens import tokens_router
 from ivr.api.voiceprint import voiceprint_router
@@ -58,7 +58,14 @@ def create_app(services: ApiServices | Readiness) -> FastAPI:
     if isinstance(services, Readiness):
         services = ApiServices(services)
     readiness = services.readiness
-    app = FastAPI(title="Hotline IVR", version="0.1.0", openapi_url="/openapi.json")
+    errors: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorOut, "description": text} for code, text in (
+            (401, "no token, or an unknown, expired or revoked one"),
+            (403, "the token's role may not do this"), (404, "not found"),
+            (422, "invalid request; details name the fields"),
+            (503, "a component this endpoint needs is not running"))}
+    app = FastAPI(title="Hotline IVR", version="0.1.0", openapi_url="/openapi.json",
+                  responses=errors)
     app.state.tokens = services.tokens
     install_error_handlers(app)
 

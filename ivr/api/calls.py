@@ -96,7 +96,8 @@ def calls_router(services: ApiServices) -> APIRouter:
         active: bool | None = None, region: str | None = None, intent: str | None = None,
         agent: str | None = None, since: datetime | None = None, until: datetime | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0, unredacted: Unredacted = False,
+        offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+        unredacted: Unredacted = False,
     ) -> CallPage:
         """Calls, newest first, with filters (``since``/``until`` on the start time)."""
         clear = await clear_view(principal, unredacted, "calls")

@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from starlette.responses import JSONResponse
 from starlette.types import Message
 
@@ -29,6 +29,7 @@ from ivr.routing.manage import (
     MAX_NAME_CHARS,
     MAX_POSITION,
     MAX_PRIORITY,
+    MAX_RULES,
     MAX_SECONDS,
     MAX_WINDOWS,
     PreconditionFailed,
@@ -64,6 +65,16 @@ Verification = Annotated[str, WithJsonSchema({"type": "string",
                                               "enum": list(VERIFICATION_RESULTS)})]
 Day = Annotated[str, WithJsonSchema({"type": "string", "enum": list(DAY_NAMES)})]
 _STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+def _integral(value: object) -> object:
+    """JSON Schema counts 5.0 as an integer; the rule format wants 5 (strings stay wrong)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_integral)]
 
 
 class ErrorOut(BaseModel):
@@ -105,7 +116,7 @@ class ThenModel(BaseModel):
 
     target_region: str = Field(CALLER_REGION, description=f"a region, or '{CALLER_REGION}'")
     skill: str | None = Field(None, description="an agent skill; null: the intent's name")
-    priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
+    priority: Integer = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
     overflow_regions: list[str] = Field(default_factory=list,
                                         description=f"regions, or ['{ANY_REGION}'] alone")
     overflow_after_s: float = Field(60.0, gt=0, le=MAX_SECONDS)
@@ -124,7 +135,7 @@ class RuleIn(BaseModel):
     id: str | None = Field(None, json_schema_extra={"pattern": RULE_ID.pattern},
                            description="null on create: made from the name")
     name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
-    position: int | None = Field(None, ge=-MAX_POSITION, le=MAX_POSITION,
+    position: Integer | None = Field(None, ge=-MAX_POSITION, le=MAX_POSITION,
                                  description="evaluation order, lowest first; null on create: "
                                              "last, on replace: unchanged")
     enabled: bool = True
@@ -142,7 +153,7 @@ class RuleBody(BaseModel):
 
     id: str
     name: str
-    position: int
+    position: Integer
     enabled: bool
     when: WhenModel
     then: ThenModel
@@ -222,14 +233,36 @@ _DESCRIPTIONS = {
     422: "Invalid input; details[].loc names the field", 428: "If-Match is required",
     503: "Routing is not available in this process",
 }
+_RULE_DOCUMENT: dict[str, Any] = {  # what export writes and import reads, as YAML
+    "type": "object", "required": ["rules"], "additionalProperties": False,
+    "properties": {
+        "timezone": {"type": "string", "description": "must be routing.timezone if given"},
+        "rules": {"type": "array", "maxItems": MAX_RULES,
+                  "items": {"$ref": "#/components/schemas/RuleBody"}},
+    },
+}
+# Rules as on create: defaults may be left out, ``position`` may not.
+_IMPORT_DOCUMENT: dict[str, Any] = {
+    **_RULE_DOCUMENT,
+    "properties": {**_RULE_DOCUMENT["properties"],
+                   "rules": {"type": "array", "maxItems": MAX_RULES,
+                             "items": {"$ref": "#/components/schemas/RuleIn"}}},
+}
+_HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
 _ETAG_HEADER = {"ETag": {"description": "entity tag for If-Match", "schema": {"type": "string"}}}
 _READ = (401, 403, 503)
 _WRITE = (401, 403, 413, 422, 503)
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    out: dict[int | str, dict[str, Any]] = {
-        code: {"model": ErrorOut, "description": _DESCRIPTIONS[code]} for code in codes}
+def _errors(*codes: int, beside: str | None = None) -> dict[int | str, dict[str, Any]]:
+    """Error answers for the OpenAPI document; ``beside`` a non-JSON success media type."""
+    if beside is None:
+        out: dict[int | str, dict[str, Any]] = {
+            code: {"model": ErrorOut, "description": _DESCRIPTIONS[code]} for code in codes}
+    else:  # a model would be documented in the route's own media type; errors are JSON
+        error_json = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+        out = {code: {"description": _DESCRIPTIONS[code], "content": error_json}
+               for code in codes}
     if 412 in out:
         out[412]["headers"] = _ETAG_HEADER
     return out
@@ -358,7 +391,8 @@ def rules_router(services: ApiServices) -> APIRouter:
 
     @router.get("/rules/export", response_class=YamlResponse,
                 responses={200: {"headers": _ETAG_HEADER, "content": {
-                    "application/yaml": {"schema": {"type": "string"}}}}, **_errors(*_READ)})
+                    YamlResponse.media_type: {"schema": _RULE_DOCUMENT}}},
+                           **_errors(*_READ, beside=YamlResponse.media_type)})
     async def export_rules(_: Supervising) -> YamlResponse:
         """The whole set as YAML, as import (and ``routing.rules_file``) reads it."""
         text, etag = await _call(book().export_yaml)
@@ -367,7 +401,9 @@ def rules_router(services: ApiServices) -> APIRouter:
     @router.post("/rules/import", response_model=ImportOut,
                  responses={200: {"headers": _ETAG_HEADER}, **_errors(412, 415, 428, *_WRITE)},
                  openapi_extra={"requestBody": {"required": True, "content": {
-                     media: {"schema": {"type": "string"}} for media in YAML_TYPES}}})
+                     media: {"schema": _IMPORT_DOCUMENT if "yaml" in media else {
+                         "type": "string", "description": "the YAML document as text"}}
+                     for media in YAML_TYPES}}})
     async def import_rules(
         request: Request, principal: Admin, response: Response,
         if_match: Annotated[str | None, Header(description="the ETag of GET /rules")] = None,
@@ -386,8 +422,23 @@ def rules_router(services: ApiServices) -> APIRouter:
                          updated=list(outcome.updated), deleted=list(outcome.deleted),
                          unchanged=list(outcome.unchanged))
 
+    def refuse_other_methods(path: str, *allowed: str) -> None:
+        """405 with an Allow header that lists every method of ``path``, not just one route's."""
+        allow = ", ".join(allowed)
+
+        async def method_not_allowed() -> Response:
+            raise HTTPException(405, "Method Not Allowed", headers={"Allow": allow})
+
+        router.add_api_route(path, method_not_allowed, include_in_schema=False,
+                             methods=[m for m in _HTTP_METHODS if m not in allowed])
+
+    refuse_other_methods("/rules", "GET", "POST")
+    # Before /rules/{rule_id}, which would otherwise take e.g. PUT /rules/history.
+    for fixed, method in (("history", "GET"), ("export", "GET"), ("import", "POST")):
+        refuse_other_methods(f"/rules/{fixed}", method)
+
     @router.get("/rules/{rule_id}", response_model=RuleOut,
-                responses={200: {"headers": _ETAG_HEADER}, **_errors(404, *_READ)})
+                responses={200: {"headers": _ETAG_HEADER}, **_errors(404, 422, *_READ)})
     async def get_rule(rule_id: str, _: Supervising, response: Response) -> RuleOut:
         """One rule; its ETag is its version."""
         rule = await _call(book().get, rule_id)
@@ -407,7 +458,7 @@ def rules_router(services: ApiServices) -> APIRouter:
         return _rule_out(rule)
 
     @router.delete("/rules/{rule_id}", status_code=204,
-                   responses=_errors(404, 412, 428, 401, 403, 413, 503))
+                   responses=_errors(404, 412, 428, *_WRITE))
     async def delete_rule(
         rule_id: str, principal: Admin,
         if_match: Annotated[str | None, Header(description="the ETag of the rule")] = None,
@@ -415,4 +466,5 @@ def rules_router(services: ApiServices) -> APIRouter:
         """Remove a rule (its history stays)."""
         await _call(book().delete, rule_id, if_match, principal.label)
 
+    refuse_other_methods("/rules/{rule_id}", "GET", "PUT", "DELETE")
     return router

@@ -140,3 +140,12 @@ class MonitorOut(BaseModel):
     phone: str
     target: str
     state: str
+
+
+class ErrorOut(BaseModel):
+    """Every error: status, a unique id to quote to support, a message, and details."""
+
+    status: int
+    error_id: str
+    message: str
+    details: Any

@@ -20,7 +20,7 @@ class TokenIn(BaseModel):
 
     role: Role
     name: str = Field("", max_length=128)
-    ttl_days: float = Field(30.0, gt=0, le=366)
+    ttl_days: float = Field(30.0, ge=1 / 1440, le=366)  # at least a minute
 
 
 class TokenOut(BaseModel):

@@ -12,7 +12,7 @@ import binascii
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -117,7 +117,7 @@ def voiceprint_router(services: ApiServices) -> APIRouter:
         kind: Literal["decision", "enrollment", "lockout", "note", "deletion"] | None = None,
         since: datetime | None = None, until: datetime | None = None,
         limit: Annotated[int, Query(ge=1, le=5000)] = 200,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
         format: Literal["json", "csv"] = "json",
     ) -> Any:
         """Decision-log records with filters, oldest first; ``format=csv`` for a spreadsheet."""
@@ -142,7 +142,8 @@ def voiceprint_router(services: ApiServices) -> APIRouter:
                              first_broken_seq=result.first_broken_seq, reason=result.reason)
 
     @router.post("/attempts/{seq}/notes", response_model=AttemptOut, status_code=201)
-    async def add_note(seq: int, body: NoteIn, principal: Security) -> AttemptOut:
+    async def add_note(seq: Annotated[int, Path(ge=1, le=2**62)], body: NoteIn,
+                       principal: Security) -> AttemptOut:
         """Append a reviewer's note about record ``seq``."""
         service = services.need_voiceprint()
         try:

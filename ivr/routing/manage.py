@@ -473,6 +473,7 @@ class RuleBook:
             for rule_id in deleted:
                 self._remove(session, current[rule_id], by, "import")
             session.flush()
+            session.expire_all()  # the rows above were changed by version-checked statements
             etag = self._rule_set(session).etag
         return ImportOutcome(etag, tuple(created), tuple(updated), tuple(deleted),
                              tuple(unchanged))

@@ -1,0 +1,869 @@
+/* Supervisor console: live board, transcripts, queues and call monitoring.
+ *
+ * Plain JavaScript, no build step. Everything shown comes from the hotline API with the
+ * supervisor's bearer token: the live WebSocket (/api/v1/live) and a few REST calls. Text from
+ * the server only ever goes into the page through textContent.
+ */
+"use strict";
+
+(() => {
+  const I18N = {
+    zh: {
+      title: "热线监控台",
+      token: "访问令牌",
+      token_hint: "粘贴 supervisor 令牌（ivr token create --role supervisor）",
+      connect: "连接",
+      disconnect: "断开",
+      status_idle: "未连接",
+      status_connecting: "连接中…",
+      status_connected: "已连接",
+      status_reconnecting: "连接中断，{s} 秒后重连…",
+      status_disconnected: "已断开",
+      status_error: "连接被拒绝",
+      token_missing: "请先粘贴访问令牌",
+      close_4400: "认证消息无效（4400）",
+      close_4401: "令牌无效、已过期或已吊销（4401）",
+      close_4403: "此令牌的角色无权查看实时通话（4403）",
+      board: "实时通话",
+      col_caller: "主叫号码",
+      col_region: "地区",
+      col_intent: "意图",
+      col_state: "状态",
+      col_wait: "时长",
+      col_agent: "坐席",
+      col_verification: "身份验证",
+      no_calls: "暂无进行中的通话",
+      regions: "各地区坐席与排队",
+      reg_region: "地区",
+      reg_registered: "已注册",
+      reg_available: "空闲",
+      reg_oncall: "通话中",
+      reg_waiting: "排队",
+      no_agents: "暂无坐席信息",
+      transcript: "通话转写",
+      select_call: "点击左侧的通话查看转写",
+      loading: "正在加载此前的转写…",
+      no_lines: "尚无转写",
+      call_ended: "通话已结束",
+      load_failed: "无法加载转写：{message}",
+      not_recognised: "（未识别）",
+      route_region: "路由地区",
+      route_agent: "坐席",
+      route_decision: "最近路由决策",
+      rule: "规则",
+      overflow_to: "溢出至",
+      overflowed: "已溢出至",
+      phone: "我的话机",
+      listen: "监听",
+      whisper: "密语",
+      barge: "强插",
+      select_first: "请先在列表中选择一个通话",
+      phone_needed: "请填写您的话机（字母、数字、. _ -）",
+      monitor_sending: "正在发起{mode}…",
+      monitor_ringing: "正在呼叫您的话机 {phone}（{mode}）",
+      speaker_caller: "客户",
+      speaker_agent: "坐席",
+      state_ringing: "振铃",
+      state_greeting: "欢迎语",
+      state_menu: "菜单",
+      state_routing: "路由中",
+      state_verifying: "验证码验证",
+      state_voice_check: "声纹验证",
+      state_voice_enrollment: "声纹注册",
+      state_queued: "排队中",
+      state_ringing_agent: "呼叫坐席",
+      state_connected: "通话中",
+      state_callback: "预约回拨",
+      state_ended: "已结束",
+      intent_billing: "账单",
+      intent_product_info: "产品咨询",
+      intent_account_security: "账户安全",
+      intent_technical_fault: "技术故障",
+      intent_capacity: "容量",
+      intent_ticket_status: "工单进度",
+      intent_complaint: "投诉",
+      intent_human_agent: "人工服务",
+      intent_unknown: "未知",
+      verification_accept: "通过",
+      verification_reject: "未通过",
+      verification_uncertain: "待定",
+      verification_none: "未验证",
+      action_queue: "排队",
+      action_callback: "回拨",
+      action_after_hours: "非工作时间",
+      region_north: "华北",
+      region_east: "华东",
+      region_south: "华南",
+      region_west: "西南",
+      region_any: "任意地区",
+    },
+    en: {
+      title: "Hotline supervisor console",
+      token: "Access token",
+      token_hint: "Paste a supervisor token (ivr token create --role supervisor)",
+      connect: "Connect",
+      disconnect: "Disconnect",
+      status_idle: "Not connected",
+      status_connecting: "Connecting…",
+      status_connected: "Connected",
+      status_reconnecting: "Connection lost, retrying in {s} s…",
+      status_disconnected: "Disconnected",
+      status_error: "Connection refused",
+      token_missing: "Paste an access token first",
+      close_4400: "Invalid auth message (4400)",
+      close_4401: "Token unknown, expired or revoked (4401)",
+      close_4403: "This token's role may not watch live calls (4403)",
+      board: "Live calls",
+      col_caller: "Caller",
+      col_region: "Region",
+      col_intent: "Intent",
+      col_state: "State",
+      col_wait: "Time",
+      col_agent: "Agent",
+      col_verification: "Verification",
+      no_calls: "No active calls",
+      regions: "Agents and queues by region",
+      reg_region: "Region",
+      reg_registered: "Registered",
+      reg_available: "Available",
+      reg_oncall: "On call",
+      reg_waiting: "Waiting",
+      no_agents: "No agent information yet",
+      transcript: "Transcript",
+      select_call: "Select a call to see its transcript",
+      loading: "Loading what was said so far…",
+      no_lines: "Nothing transcribed yet",
+      call_ended: "The call has ended",
+      load_failed: "Could not load the transcript: {message}",
+      not_recognised: "(not recognised)",
+      route_region: "Routed to",
+      route_agent: "Agent",
+      route_decision: "Last routing decision",
+      rule: "rule",
+      overflow_to: "overflow to",
+      overflowed: "overflowed to",
+      phone: "My phone",
+      listen: "Listen",
+      whisper: "Whisper",
+      barge: "Barge",
+      select_first: "Select a call in the list first",
+      phone_needed: "Enter your phone (letters, digits, . _ -)",
+      monitor_sending: "Starting {mode}…",
+      monitor_ringing: "Ringing your phone {phone} ({mode})",
+      speaker_caller: "Caller",
+      speaker_agent: "Agent",
+      state_ringing: "ringing",
+      state_greeting: "greeting",
+      state_menu: "menu",
+      state_routing: "routing",
+      state_verifying: "code check",
+      state_voice_check: "voiceprint check",
+      state_voice_enrollment: "voiceprint enrolment",
+      state_queued: "queued",
+      state_ringing_agent: "ringing agent",
+      state_connected: "connected",
+      state_callback: "callback",
+      state_ended: "ended",
+      intent_billing: "billing",
+      intent_product_info: "product info",
+      intent_account_security: "account security",
+      intent_technical_fault: "technical fault",
+      intent_capacity: "capacity",
+      intent_ticket_status: "ticket status",
+      intent_complaint: "complaint",
+      intent_human_agent: "human agent",
+      intent_unknown: "unknown",
+      verification_accept: "passed",
+      verification_reject: "failed",
+      verification_uncertain: "uncertain",
+      verification_none: "not checked",
+      action_queue: "queue",
+      action_callback: "callback",
+      action_after_hours: "after hours",
+    },
+  };
+
+  const TOKEN_KEY = "ivr.console.token"; // sessionStorage: gone when the tab closes
+  const PHONE_KEY = "ivr.console.phone";
+  const LANG_KEY = "ivr.console.lang";
+  const RETRY_MAX_S = 10;
+  const ENDED_LINGER_MS = 10000;
+  // The server sends nothing on a resume with nothing missed; a bad token closes within moments.
+  const RESUME_SETTLE_MS = 1000;
+  const FATAL_CLOSES = { 4400: "close_4400", 4401: "close_4401", 4403: "close_4403" };
+  const REGION_ORDER = ["north", "east", "south", "west"];
+  const COLUMNS = ["caller", "region", "intent", "state", "wait", "agent", "verification"];
+  const DASH = "—";
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    form: $("token-form"), token: $("token"), connect: $("connect"),
+    disconnect: $("disconnect"), status: $("status"), lang: $("lang"),
+    calls: $("calls"), noCalls: $("no-calls"), regions: $("regions"),
+    route: $("route"), routeRegion: $("route-region"), routeAgent: $("route-agent"),
+    routeDecision: $("route-decision"), transcript: $("transcript"),
+    phone: $("phone"), monitorStatus: $("monitor-status"),
+    monitorButtons: [$("listen"), $("whisper"), $("barge")],
+  };
+
+  const state = {
+    lang: localStorage.getItem(LANG_KEY) === "en" ? "en" : "zh",
+    token: "",
+    ws: null,
+    wanted: false, // the supervisor asked to be connected (so closes are retried)
+    retries: 0,
+    retryTimer: null,
+    settleTimer: null,
+    status: { name: "idle", key: "status_idle", detail: "", vars: {} },
+    epoch: null,
+    lastSeq: null,
+    calls: new Map(), // call_id -> board row
+    removals: new Map(), // call_id -> timer of an ended row
+    agents: [],
+    waiting: [],
+    selected: null,
+    detail: null, // GET /calls/{id} of the selected call
+    decision: null, // its last routing decision
+    overflow: null, // regions it overflowed to
+    lines: [], // finals of the selected call, in time order
+    partials: new Map(), // speaker -> latest partial of the selected call
+    loadGen: 0,
+    loading: null, // { gen, buffered: [[kind, data]] } while earlier lines are fetched
+    loadError: null,
+    monitor: null, // { key, vars, raw, kind } of the last monitor request
+  };
+
+  // -- text -------------------------------------------------------------------------------
+
+  function t(key, vars) {
+    const text = I18N[state.lang][key] ?? I18N.en[key] ?? String(key);
+    return text.replace(/\{(\w+)\}/g, (_, name) => String(vars?.[name] ?? ""));
+  }
+
+  function known(prefix, value) {
+    if (value === null || value === undefined || value === "") return DASH;
+    const key = `${prefix}_${value}`;
+    return I18N[state.lang][key] ?? I18N.en[key] ?? String(value);
+  }
+
+  function regionLabel(region) {
+    if (!region) return DASH;
+    const name = I18N[state.lang][`region_${region}`];
+    return name ? `${name} (${region})` : region;
+  }
+
+  function parseTime(value) {
+    if (!value) return null;
+    // Stored times are UTC; read a time without an offset as UTC too, never as local time.
+    const text = /([zZ]|[+-]\d\d:?\d\d)$/.test(value) ? value : `${value}Z`;
+    const ms = Date.parse(text);
+    return Number.isNaN(ms) ? null : ms;
+  }
+
+  function mmss(seconds) {
+    const s = Math.max(0, Math.floor(seconds));
+    return `${String(Math.floor(s / 60)).padStart(2, "0")}:${String(s % 60).padStart(2, "0")}`;
+  }
+
+  function offset(seconds) {
+    const s = Math.max(0, Number(seconds) || 0);
+    return `${Math.floor(s / 60)}:${(s % 60).toFixed(1).padStart(4, "0")}`;
+  }
+
+  function node(tag, className, text) {
+    const element = document.createElement(tag);
+    if (className) element.className = className;
+    if (text !== undefined) element.textContent = text;
+    return element;
+  }
+
+  // -- connection status ------------------------------------------------------------------
+
+  function setStatus(name, key, vars, detail) {
+    state.status = { name, key: key ?? `status_${name}`, vars: vars ?? {}, detail: detail ?? "" };
+    renderStatus();
+  }
+
+  function renderStatus() {
+    const { name, key, vars, detail } = state.status;
+    ui.status.dataset.status = name;
+    ui.status.textContent = detail ? `${t(key, vars)}: ${detail}` : t(key, vars);
+    ui.disconnect.disabled = !state.wanted;
+  }
+
+  // -- live WebSocket ---------------------------------------------------------------------
+
+  function liveUrl() {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    return `${scheme}//${location.host}/api/v1/live`;
+  }
+
+  function connect() {
+    const token = ui.token.value.trim();
+    if (!token) {
+      setStatus("error", "token_missing");
+      return;
+    }
+    sessionStorage.setItem(TOKEN_KEY, token);
+    if (token !== state.token) {
+      state.epoch = null; // another identity: start over from a snapshot
+      state.lastSeq = null;
+    }
+    state.token = token;
+    state.wanted = true;
+    state.retries = 0;
+    dropSocket();
+    openSocket();
+    updateMonitorButtons();
+  }
+
+  function disconnect() {
+    state.wanted = false;
+    dropSocket();
+    setStatus("disconnected");
+  }
+
+  function dropSocket() {
+    clearTimeout(state.retryTimer);
+    clearTimeout(state.settleTimer);
+    const ws = state.ws;
+    state.ws = null; // its close event is ignored from now on
+    if (ws) ws.close(1000, "closed by the supervisor");
+  }
+
+  function openSocket() {
+    clearTimeout(state.retryTimer);
+    setStatus(state.retries ? "reconnecting" : "connecting",
+      state.retries ? "status_connecting" : null);
+    const ws = new WebSocket(liveUrl());
+    state.ws = ws;
+    ws.addEventListener("open", () => {
+      if (ws !== state.ws) return;
+      const hello = { type: "auth", token: state.token };
+      const resuming = state.epoch !== null && state.lastSeq !== null;
+      if (resuming) {
+        hello.last_seq = state.lastSeq;
+        hello.epoch = state.epoch;
+        state.settleTimer = setTimeout(() => {
+          if (ws === state.ws && ws.readyState === WebSocket.OPEN) markConnected();
+        }, RESUME_SETTLE_MS);
+      }
+      ws.send(JSON.stringify(hello));
+    });
+    ws.addEventListener("message", (event) => {
+      if (ws !== state.ws) return;
+      let message;
+      try {
+        message = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      if (state.status.name !== "connected") markConnected();
+      if (message.type === "snapshot") onSnapshot(message);
+      else if (message.type === "event") onEvent(message);
+    });
+    ws.addEventListener("close", (event) => {
+      if (ws !== state.ws) return;
+      state.ws = null;
+      clearTimeout(state.settleTimer);
+      onClosed(event);
+    });
+  }
+
+  function markConnected() {
+    state.retries = 0;
+    setStatus("connected");
+  }
+
+  function onClosed(event) {
+    const fatal = FATAL_CLOSES[event.code];
+    if (fatal) {
+      // Retrying cannot help: the token or its role is wrong.
+      state.wanted = false;
+      setStatus("error", fatal, {}, event.reason);
+      updateMonitorButtons();
+      return;
+    }
+    if (!state.wanted) {
+      setStatus("disconnected");
+      return;
+    }
+    const delay = Math.min(RETRY_MAX_S, 2 ** state.retries);
+    state.retries += 1;
+    setStatus("reconnecting", null, { s: delay });
+    state.retryTimer = setTimeout(openSocket, delay * 1000);
+  }
+
+  function onSnapshot(message) {
+    state.epoch = message.epoch ?? null;
+    state.lastSeq = typeof message.seq === "number" ? message.seq : null;
+    const live = new Set();
+    for (const row of message.calls ?? []) {
+      live.add(row.call_id);
+      upsertCall(row);
+    }
+    // Only active calls are in a snapshot: a row missing from it ended while we were away.
+    for (const [callId, row] of state.calls) {
+      if (!live.has(callId) && row.state !== "ended") {
+        upsertCall({ ...row, state: "ended", ended_at: new Date().toISOString() });
+      }
+    }
+    state.agents = message.agents ?? [];
+    state.waiting = message.waiting ?? [];
+    renderRegions();
+    // Live events may have been lost before this snapshot: read the transcript again.
+    if (state.selected) loadSelected();
+  }
+
+  function onEvent(message) {
+    if (state.lastSeq !== null && message.seq <= state.lastSeq) return; // seen before a resume
+    state.lastSeq = message.seq;
+    const data = message.data ?? {};
+    switch (message.kind) {
+      case "call":
+        onCallEvent(message.call_id, data);
+        break;
+      case "transcript.partial":
+      case "transcript.final":
+        onTranscript(message.kind, message.call_id, data);
+        break;
+      case "acd":
+        state.agents = data.agents ?? [];
+        state.waiting = data.waiting ?? [];
+        renderRegions();
+        break;
+      default:
+        break;
+    }
+  }
+
+  function onCallEvent(callId, data) {
+    if (data.call) upsertCall(data.call);
+    if (callId !== state.selected) return;
+    if (data.kind === "routed") state.decision = data.data ?? null;
+    if (data.kind === "overflow") state.overflow = data.data?.regions ?? null;
+    renderRoute();
+  }
+
+  // -- board ------------------------------------------------------------------------------
+
+  function upsertCall(row) {
+    const callId = row.call_id;
+    if (!callId) return;
+    state.calls.set(callId, row);
+    let tr = ui.calls.querySelector(`tr[data-call-id="${CSS.escape(callId)}"]`);
+    if (!tr) {
+      tr = document.createElement("tr");
+      tr.dataset.callId = callId;
+      tr.tabIndex = 0;
+      for (const column of COLUMNS) tr.append(node("td", column));
+      placeRow(tr, row);
+    }
+    fillRow(tr, row);
+    const ended = row.state === "ended" || Boolean(row.ended_at);
+    tr.classList.toggle("ended", ended);
+    if (ended && !state.removals.has(callId)) {
+      state.removals.set(callId, setTimeout(() => removeCall(callId), ENDED_LINGER_MS));
+    }
+    ui.noCalls.classList.toggle("hidden", state.calls.size > 0);
+    if (callId === state.selected) {
+      renderRoute();
+      updateMonitorButtons();
+      if (ended) renderTranscript();
+    }
+  }
+
+  function placeRow(tr, row) {
+    // Oldest call first, so rows do not jump around while the supervisor reads them.
+    const started = parseTime(row.started_at) ?? Infinity;
+    for (const other of ui.calls.children) {
+      const otherRow = state.calls.get(other.dataset.callId);
+      if ((parseTime(otherRow?.started_at) ?? Infinity) > started) {
+        ui.calls.insertBefore(tr, other);
+        return;
+      }
+    }
+    ui.calls.append(tr);
+  }
+
+  function fillRow(tr, row) {
+    const values = {
+      caller: [row.caller_number, row.caller_number || DASH],
+      region: [row.region, regionLabel(row.region)],
+      intent: [row.intent, known("intent", row.intent)],
+      state: [row.state, known("state", row.state)],
+      wait: [null, mmss(waitSeconds(row, Date.now()))],
+      agent: [row.agent_id, row.agent_id || DASH],
+      verification: [row.verification, known("verification", row.verification)],
+    };
+    for (const cell of tr.children) {
+      const [raw, text] = values[cell.className];
+      if (raw !== null && raw !== undefined) cell.dataset.value = raw;
+      else delete cell.dataset.value;
+      if (cell.textContent !== text) cell.textContent = text;
+    }
+    tr.classList.toggle("selected", row.call_id === state.selected);
+    tr.setAttribute("aria-selected", String(row.call_id === state.selected));
+  }
+
+  function waitSeconds(row, now) {
+    const waiting = row.state === "queued" || row.state === "ringing_agent";
+    const from = parseTime(waiting && row.queued_at ? row.queued_at : row.started_at);
+    if (from === null) return 0;
+    const until = parseTime(row.ended_at) ?? now;
+    return (until - from) / 1000;
+  }
+
+  function tickWaits() {
+    const now = Date.now();
+    for (const tr of ui.calls.children) {
+      const row = state.calls.get(tr.dataset.callId);
+      const cell = tr.querySelector("td.wait");
+      if (row && cell) {
+        const text = mmss(waitSeconds(row, now));
+        if (cell.textContent !== text) cell.textContent = text;
+      }
+    }
+  }
+
+  function removeCall(callId) {
+    state.removals.delete(callId);
+    const row = state.calls.get(callId);
+    if (row && row.state !== "ended" && !row.ended_at) return; // it came back (reconnect)
+    state.calls.delete(callId);
+    ui.calls.querySelector(`tr[data-call-id="${CSS.escape(callId)}"]`)?.remove();
+    ui.noCalls.classList.toggle("hidden", state.calls.size > 0);
+    if (callId === state.selected) {
+      updateMonitorButtons();
+      renderTranscript();
+    }
+  }
+
+  function renderBoard() {
+    for (const tr of ui.calls.children) {
+      const row = state.calls.get(tr.dataset.callId);
+      if (row) fillRow(tr, row);
+    }
+  }
+
+  // -- agents and queues ------------------------------------------------------------------
+
+  function renderRegions() {
+    const byRegion = new Map();
+    const entry = (region) => {
+      if (!byRegion.has(region)) {
+        byRegion.set(region, { registered: 0, available: 0, oncall: 0, waiting: 0, total: 0 });
+      }
+      return byRegion.get(region);
+    };
+    for (const agent of state.agents) {
+      const counts = entry(agent.region);
+      counts.total += 1;
+      if (agent.registered) counts.registered += 1;
+      if (agent.available) counts.available += 1;
+      if (agent.call_id) counts.oncall += 1;
+    }
+    // A waiting call counts in the region it was routed to, even after it overflowed.
+    for (const waiting of state.waiting) entry(waiting.regions?.[0] ?? "any").waiting += 1;
+    const rank = (r) => (REGION_ORDER.includes(r) ? REGION_ORDER.indexOf(r) : 99);
+    const regions = [...byRegion.keys()].sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
+    const rows = regions.map((region) => {
+      const counts = byRegion.get(region);
+      const tr = node("tr");
+      tr.dataset.region = region;
+      tr.append(node("td", "region", regionLabel(region)));
+      const registered = node("td", "registered", `${counts.registered} / ${counts.total}`);
+      tr.append(registered);
+      for (const key of ["available", "oncall", "waiting"]) {
+        tr.append(node("td", key, String(counts[key])));
+      }
+      return tr;
+    });
+    if (!rows.length) {
+      const tr = node("tr");
+      const td = node("td", "empty", t("no_agents"));
+      td.colSpan = 5;
+      tr.append(td);
+      rows.push(tr);
+    }
+    ui.regions.replaceChildren(...rows);
+  }
+
+  // -- selected call: route and transcript ------------------------------------------------
+
+  function select(callId) {
+    if (callId === state.selected) return;
+    state.selected = callId;
+    state.monitor = null;
+    renderMonitor();
+    renderBoard();
+    loadSelected();
+  }
+
+  async function loadSelected() {
+    const callId = state.selected;
+    const gen = ++state.loadGen;
+    state.loading = { gen, buffered: [] };
+    state.lines = [];
+    state.partials.clear();
+    state.detail = null;
+    state.decision = null;
+    state.overflow = null;
+    state.loadError = null;
+    renderTranscript();
+    renderRoute();
+    updateMonitorButtons();
+    const id = encodeURIComponent(callId);
+    try {
+      const [lines, detail] = await Promise.all([
+        api(`/calls/${id}/transcript`), api(`/calls/${id}`)]);
+      if (gen !== state.loadGen) return; // another call was selected meanwhile
+      for (const line of lines) addFinal(line);
+      state.detail = detail;
+      state.decision = detail.route_decision ?? null;
+      const overflow = [...(detail.events ?? [])].reverse().find((e) => e.kind === "overflow");
+      state.overflow = overflow?.data?.regions ?? null;
+    } catch (error) {
+      if (gen !== state.loadGen) return;
+      state.loadError = error.message;
+    }
+    const buffered = state.loading.buffered;
+    state.loading = null;
+    for (const [kind, data] of buffered) applyTranscript(kind, data);
+    renderTranscript();
+    renderRoute();
+  }
+
+  function onTranscript(kind, callId, data) {
+    if (callId !== state.selected) return;
+    if (state.loading && kind === "transcript.final") {
+      state.loading.buffered.push([kind, data]); // merged once the earlier lines are in
+      return;
+    }
+    applyTranscript(kind, data);
+    renderTranscript();
+  }
+
+  function applyTranscript(kind, data) {
+    if (kind === "transcript.partial") {
+      state.partials.set(data.speaker, data);
+      return;
+    }
+    state.partials.delete(data.speaker);
+    addFinal(data);
+  }
+
+  function addFinal(line) {
+    const start = Number(line.start_s) || 0;
+    // The same utterance can come from the REST read and from a live event.
+    const seen = state.lines.some((l) => l.speaker === line.speaker
+      && Math.abs(l.start_s - start) < 0.01);
+    if (seen) return;
+    const entry = { speaker: line.speaker, start_s: start, text: line.text ?? "",
+      dropped_reason: line.dropped_reason ?? null };
+    const at = state.lines.findIndex((l) => l.start_s > start);
+    if (at < 0) state.lines.push(entry);
+    else state.lines.splice(at, 0, entry);
+  }
+
+  function lineNode(line, kind) {
+    const div = node("div", `line ${kind}`);
+    div.dataset.speaker = line.speaker;
+    div.append(node("span", "at", offset(line.start_s)));
+    div.append(node("span", "speaker", known("speaker", line.speaker)));
+    const text = line.text || `${t("not_recognised")}${line.dropped_reason
+      ? ` ${line.dropped_reason}` : ""}`;
+    if (!line.text) div.classList.add("dropped");
+    div.append(node("span", "text", text));
+    return div;
+  }
+
+  function renderTranscript() {
+    const pane = ui.transcript;
+    const nearBottom = pane.scrollHeight - pane.scrollTop - pane.clientHeight < 40;
+    const children = [];
+    if (!state.selected) {
+      children.push(node("p", "empty", t("select_call")));
+    } else {
+      if (state.loading) children.push(node("p", "note", t("loading")));
+      if (state.loadError) {
+        children.push(node("p", "note", t("load_failed", { message: state.loadError })));
+      }
+      for (const line of state.lines) children.push(lineNode(line, "final"));
+      for (const partial of state.partials.values()) {
+        children.push(lineNode(partial, "partial"));
+      }
+      if (!state.loading && !state.lines.length && !state.partials.size) {
+        children.push(node("p", "note", t("no_lines")));
+      }
+      const row = state.calls.get(state.selected);
+      if (!row || row.state === "ended") children.push(node("p", "note", t("call_ended")));
+    }
+    pane.replaceChildren(...children);
+    if (nearBottom) pane.scrollTop = pane.scrollHeight;
+  }
+
+  function renderRoute() {
+    const row = state.calls.get(state.selected);
+    const detail = state.detail;
+    const region = row?.route_region ?? detail?.route?.region ?? null;
+    const agent = row?.agent_id ?? detail?.route?.agent_id ?? null;
+    ui.route.dataset.callId = state.selected ?? "";
+    ui.routeRegion.textContent = state.selected ? regionLabel(region) : DASH;
+    ui.routeAgent.textContent = state.selected && agent ? agent : DASH;
+    ui.routeDecision.textContent = state.selected ? describeDecision(state.decision) : DASH;
+  }
+
+  function describeDecision(decision) {
+    if (!decision) return DASH;
+    const parts = [`${known("action", decision.action)} → ${regionLabel(decision.region)}`];
+    if (decision.rule_name || decision.rule_id) {
+      parts.push(`${t("rule")} ${decision.rule_name || decision.rule_id}`);
+    }
+    if (decision.overflow_regions?.length) {
+      const after = decision.overflow_after_s != null ? ` (${decision.overflow_after_s} s)` : "";
+      parts.push(`${t("overflow_to")} ${decision.overflow_regions.map(regionLabel).join(", ")}`
+        + after);
+    }
+    if (state.overflow?.length) {
+      parts.push(`${t("overflowed")} ${state.overflow.map(regionLabel).join(", ")}`);
+    }
+    if (decision.reason) parts.push(decision.reason);
+    return parts.join(" · ");
+  }
+
+  // -- REST -------------------------------------------------------------------------------
+
+  async function api(path, options = {}) {
+    const headers = { Accept: "application/json", Authorization: `Bearer ${state.token}` };
+    if (options.body) headers["Content-Type"] = "application/json";
+    const response = await fetch(`/api/v1${path}`, { ...options, headers });
+    let body = null;
+    try {
+      body = await response.json();
+    } catch {
+      body = null;
+    }
+    if (!response.ok) {
+      throw new Error(body?.message || `HTTP ${response.status} ${response.statusText}`);
+    }
+    return body;
+  }
+
+  // -- listen / whisper / barge -----------------------------------------------------------
+
+  function updateMonitorButtons() {
+    const row = state.calls.get(state.selected);
+    const live = Boolean(state.token && row && row.state !== "ended" && !row.ended_at);
+    for (const button of ui.monitorButtons) button.disabled = !live;
+  }
+
+  async function monitor(mode) {
+    const callId = state.selected;
+    const phone = ui.phone.value.trim();
+    if (!callId) {
+      showMonitor({ key: "select_first", kind: "error" });
+      return;
+    }
+    if (!phone || !ui.phone.checkValidity()) {
+      showMonitor({ key: "phone_needed", kind: "error" });
+      return;
+    }
+    localStorage.setItem(PHONE_KEY, phone);
+    showMonitor({ key: "monitor_sending", vars: { mode }, kind: "" });
+    try {
+      const started = await api(`/calls/${encodeURIComponent(callId)}/monitor`, {
+        method: "POST", body: JSON.stringify({ mode, phone }) });
+      if (callId === state.selected) {
+        showMonitor({ key: "monitor_ringing", vars: { mode, phone: started?.phone ?? phone },
+          kind: "ok" });
+      }
+    } catch (error) {
+      if (callId === state.selected) showMonitor({ raw: error.message, kind: "error" });
+    }
+  }
+
+  function showMonitor(message) {
+    state.monitor = message;
+    renderMonitor();
+  }
+
+  function renderMonitor() {
+    const message = state.monitor;
+    ui.monitorStatus.className = message?.kind ?? "";
+    if (!message) {
+      ui.monitorStatus.textContent = "";
+    } else if (message.raw !== undefined) {
+      ui.monitorStatus.textContent = message.raw;
+    } else {
+      const vars = { ...message.vars };
+      if (vars.mode) vars.mode = t(vars.mode);
+      ui.monitorStatus.textContent = t(message.key, vars);
+    }
+  }
+
+  // -- language ---------------------------------------------------------------------------
+
+  function applyLanguage() {
+    document.documentElement.lang = state.lang === "zh" ? "zh-CN" : "en";
+    for (const element of document.querySelectorAll("[data-i18n]")) {
+      element.textContent = t(element.dataset.i18n);
+    }
+    for (const element of document.querySelectorAll("[data-i18n-placeholder]")) {
+      element.placeholder = t(element.dataset.i18nPlaceholder);
+    }
+    document.title = t("title");
+    // The button names the other language, in that language.
+    ui.lang.textContent = state.lang === "zh" ? "English" : "中文";
+    ui.lang.lang = state.lang === "zh" ? "en" : "zh-CN";
+    renderStatus();
+    renderBoard();
+    renderRegions();
+    renderRoute();
+    renderTranscript();
+    renderMonitor();
+  }
+
+  // -- wiring -----------------------------------------------------------------------------
+
+  ui.form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    connect();
+  });
+  ui.disconnect.addEventListener("click", disconnect);
+  ui.lang.addEventListener("click", () => {
+    state.lang = state.lang === "zh" ? "en" : "zh";
+    localStorage.setItem(LANG_KEY, state.lang);
+    applyLanguage();
+  });
+  ui.calls.addEventListener("click", (event) => {
+    const tr = event.target.closest("tr[data-call-id]");
+    if (tr) select(tr.dataset.callId);
+  });
+  ui.calls.addEventListener("keydown", (event) => {
+    const tr = event.target.closest("tr[data-call-id]");
+    if (tr && (event.key === "Enter" || event.key === " ")) {
+      event.preventDefault();
+      select(tr.dataset.callId);
+    }
+  });
+  for (const button of ui.monitorButtons) {
+    button.addEventListener("click", () => monitor(button.dataset.mode));
+  }
+  ui.phone.addEventListener("change", () => {
+    if (ui.phone.checkValidity()) localStorage.setItem(PHONE_KEY, ui.phone.value.trim());
+  });
+  window.addEventListener("pagehide", () => {
+    state.wanted = false;
+    dropSocket();
+  });
+
+  ui.phone.value = localStorage.getItem(PHONE_KEY) ?? "";
+  applyLanguage();
+  setInterval(tickWaits, 1000);
+  const saved = sessionStorage.getItem(TOKEN_KEY);
+  if (saved) {
+    ui.token.value = saved;
+    connect();
+  }
+})();
