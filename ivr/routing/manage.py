@@ -417,8 +417,7 @@ class RuleBook:
             if row is None:
                 raise RuleNotFound(rule_id)
             current = _stored(row)
-            # Preconditions before the content, as HTTP orders them (RFC 9110, 13.2.1).
-            self._check_match(current.etag, parse_if_match(if_match), f"rule '{rule_id}'")
+            tags = parse_if_match(if_match)
             if data.get("id") is None:
                 data["id"] = rule_id
             elif data["id"] != rule_id:
@@ -427,6 +426,8 @@ class RuleBook:
             if data.get("position") is None:
                 data["position"] = row.position
             normalized = self.validate(data, extra_skills=self._skills_in(rows))
+            # Content before the version: a body that can never be stored is 422, not 412.
+            self._check_match(current.etag, tags, f"rule '{rule_id}'")
             if normalized == current.body:
                 return current  # nothing to record; the version stays
             return self._update(session, current, normalized, by, "update")
@@ -451,9 +452,8 @@ class RuleBook:
         with self._write, self._sessions() as session, session.begin():
             rows = self._rows(session)
             current = {r.id: _stored(r) for r in rows}
+            wanted = self._validate_entries(self._document_entries(text), self._skills_in(rows))
             self._check_match(set_etag((r.id, r.version) for r in rows), tags, "the rule set")
-            entries = self._document_entries(text)
-            wanted = self._validate_entries(entries, self._skills_in(rows))
             created: list[str] = []
             updated: list[str] = []
             unchanged: list[str] = []

@@ -30,6 +30,7 @@ from ivr.bus import EventBus
 from ivr.errors import AriError, AriRequestError
 from ivr.flow.events import FlowEvent, IntentHeard, Spoken
 from ivr.flow.events import SpeechStarted as FlowSpeechStarted
+from ivr.redaction import redact
 from ivr.settings import AsrSettings
 from ivr.store.repository import Store
 
@@ -47,6 +48,8 @@ class SpeechServices:
     bus: EventBus
     settings: AsrSettings
     vad: VadOptions = field(default_factory=VadOptions)
+    # privacy.store_transcripts == "redacted": personal data never reaches the database.
+    redact_stored: bool = False
 
 
 class LegListener:
@@ -183,16 +186,17 @@ class LegListener:
                 self.deliver(Spoken("", True, spoke_at, utterance.pcm))
             return
         intent, confidence = self._intent(transcript)
+        kept = redact(transcript.text) if services.redact_stored else transcript.text
         start_s = self._offset_s + utterance.start_s
         end_s = self._offset_s + utterance.end_s
         await asyncio.to_thread(
             services.store.add_transcript, self.call_id, speaker=self.speaker, start_s=start_s,
-            end_s=end_s, text=transcript.text, language=transcript.language,
+            end_s=end_s, text=kept, language=transcript.language,
             confidence=transcript.confidence, model=transcript.model, intent=intent,
             intent_confidence=confidence, dropped_reason=transcript.dropped_reason)
         services.bus.publish("transcript.final", self.call_id, {
             "speaker": self.speaker, "start_s": round(start_s, 3), "end_s": round(end_s, 3),
-            "text": transcript.text, "language": transcript.language, "intent": intent,
+            "text": kept, "language": transcript.language, "intent": intent,
             "seconds": round(time.monotonic() - started, 3)})
         if self.deliver is not None and self.speaker == "caller":
             self.deliver(Spoken(transcript.text, transcript.dropped, spoke_at, utterance.pcm))

@@ -1,0 +1,384 @@
+"""The supervisor console: its static files as served by the API, and the page itself in headless
+Chromium against `ivr serve` on a real Asterisk with real SIP calls and the tiny Whisper model.
+
+The browser tests drive Debian's chromium through Playwright (never `playwright install`).
+The unit tests in this module carry only the ``unit`` marker, so they are not bundled with the
+browser marks in a module-level ``pytestmark``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from ivr.api.app import create_app
+from ivr.api.calls import mask_number
+from ivr.api.console import CONTENT_SECURITY_POLICY
+from ivr.flow.controller import Readiness
+from ivr.sip.phone import AgentOptions, SipStack
+
+from conftest import RunningAsterisk
+from hotline import Agents, Hotline, dial_and_press, running_hotline
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page, WebSocketRoute
+
+CONSOLE = Path(__file__).resolve().parents[1] / "ivr" / "console"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+BROWSER_TEST = [pytest.mark.browser, pytest.mark.asterisk, pytest.mark.slow, pytest.mark.model]
+CALLER = "01066667777"  # Beijing: the call is routed to the north region
+
+
+def browser_test(test: Any) -> Any:
+    """Mark a test that needs Chromium, Asterisk and the tiny model."""
+    for mark in BROWSER_TEST:
+        test = mark(test)
+    return test
+
+
+# -- the files, as the API serves them (no browser) -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client() -> TestClient:
+    return TestClient(create_app(Readiness()))
+
+
+@pytest.mark.unit
+def test_page_is_public_with_a_strict_policy(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert page.headers["cache-control"] == "no-cache"
+    policy = page.headers["content-security-policy"]
+    assert policy == CONTENT_SECURITY_POLICY
+    assert "default-src 'self'" in policy and "connect-src 'self' ws: wss:" in policy
+    assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
+    html = page.text
+    # The policy forbids inline code, so the page must not need any.
+    scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", html, re.S)
+    assert scripts and all('src="/console/' in attrs and not body.strip()
+                           for attrs, body in scripts)
+    assert not re.search(r"\son[a-z]+\s*=", html), "inline event handler"
+    assert not re.search(r"\sstyle\s*=", html), "inline style"
+    for name, kind in (("console.js", "text/javascript"), ("console.css", "text/css")):
+        asset = client.get(f"/console/{name}")
+        assert asset.status_code == 200 and asset.headers["content-type"].startswith(kind)
+        assert asset.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+        assert asset.headers["x-content-type-options"] == "nosniff"
+        assert asset.content == (CONSOLE / name).read_bytes()
+    assert "/" not in client.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("path", [
+    "/console/../../etc/passwd", "/console/..%2F..%2Fetc%2Fpasswd", "/console/%2e%2e%2fapp.py",
+    "/console/__init__.py", "/console/index.html", "/console/", "/console/console.js.map",
+    "/console/CONSOLE.JS",
+])
+def test_only_the_console_files_are_served(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 404
+    body = response.json()
+    assert body["status"] == 404 and body["error_id"] and body["message"]
+    assert "root:" not in response.text
+
+
+@pytest.mark.unit
+def test_every_element_and_label_the_script_uses_exists() -> None:
+    html = (CONSOLE / "index.html").read_text()
+    script = (CONSOLE / "console.js").read_text()
+    ids = set(re.findall(r'\sid="([\w-]+)"', html))
+    assert set(re.findall(r'\$\("([\w-]+)"\)', script)) <= ids
+    assert {"token", "connect", "status", "calls", "transcript", "route", "regions", "phone",
+            "listen", "whisper", "barge", "lang"} <= ids
+    zh, en = (set(re.findall(r"^ {6}(\w+): ", block, re.M)) for block in
+              re.search(r"\n {4}zh: \{(.*?)\n {4}\},\n {4}en: \{(.*?)\n {4}\},", script,
+                        re.S).groups())  # type: ignore[union-attr]
+    used = set(re.findall(r'data-i18n(?:-placeholder)?="(\w+)"', html))
+    used |= set(re.findall(r'\bt\("(\w+)"', script))
+    # English may leave out region names; every other label exists in both languages.
+    assert used <= zh and used <= en, (used - zh, used - en)
+    assert {k for k in zh - en if not k.startswith("region_")} == set()
+    assert en <= zh
+
+
+# -- the page in Chromium against a real hotline ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing (Debian's chromium package drives these tests)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        pytest.skip(f"playwright cannot be imported: {exc}")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                              args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_whisper() -> Path:
+    from asr.testing.tiny_models import TinyModelUnavailable, build_tiny_whisper
+
+    try:
+        return build_tiny_whisper()
+    except TinyModelUnavailable as exc:
+        pytest.skip(f"tiny Whisper model cannot be built here: {exc}")
+
+
+@pytest.fixture(scope="module")
+def console_hotline(browser: Browser, asterisk: RunningAsterisk, tiny_whisper: Path,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hotline]:
+    tmp = tmp_path_factory.mktemp("console")
+    start = random.randrange(47000, 49900, 100)
+    with running_hotline(asterisk, tmp, IVR_ASR__MODEL_DIR=str(tiny_whisper),
+                         IVR_ASR__LANGUAGE="en", IVR_ASR__RTP_PORT_START=str(start),
+                         IVR_ASR__RTP_PORT_END=str(start + 99)) as running:
+        yield running
+
+
+class ConsolePage:
+    """One browser tab on the console, with the live WebSocket routed through Playwright so a
+    test can read both directions and cut the connection."""
+
+    def __init__(self, page: Page, base: str) -> None:
+        self.page = page
+        self.base = base
+        # Per live connection: what the page sent and what the server sent, parsed.
+        self.sent: list[list[dict[str, Any]]] = []
+        self.received: list[list[dict[str, Any]]] = []
+        self.routes: list[tuple[WebSocketRoute, WebSocketRoute]] = []
+        self.errors: list[str] = []
+        page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
+        page.on("console", self._console)
+        page.route_web_socket(re.compile(r".*/api/v1/live$"), self._route)
+
+    def _console(self, message: Any) -> None:
+        # A policy violation means the page relies on something the CSP blocks.
+        if message.type == "error" and "Content Security Policy" in message.text:
+            self.errors.append(message.text)
+
+    def _route(self, ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+        sent: list[dict[str, Any]] = []
+        received: list[dict[str, Any]] = []
+
+        def to_server(message: str | bytes) -> None:
+            sent.append(json.loads(message))
+            server.send(message)
+
+        def to_page(message: str | bytes) -> None:
+            received.append(json.loads(message))
+            ws.send(message)
+
+        ws.on_message(to_server)
+        server.on_message(to_page)
+        self.sent.append(sent)
+        self.received.append(received)
+        self.routes.append((ws, server))
+
+    def wait_for(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        """Poll ``check`` while Playwright keeps delivering events (a plain sleep would not)."""
+        deadline = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+            self.page.wait_for_timeout(100)
+
+    def open(self) -> None:
+        """Load the console."""
+        self.page.goto(f"{self.base}/")
+
+    def connect(self, token: str) -> None:
+        """Paste a token and press Connect."""
+        self.page.fill("#token", token)
+        self.page.click("#connect")
+
+    def cut(self) -> None:
+        """Drop the live connection as a network failure would (neither a close the page asked
+        for nor one of the fatal codes)."""
+        ws, server = self.routes[-1]
+        server.close(code=1000, reason="test")
+        ws.close(code=4000, reason="network cut by the test")
+
+
+@pytest.fixture
+def console(browser: Browser, console_hotline: Hotline) -> Iterator[ConsolePage]:
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, locale="zh-CN")
+    tab = ConsolePage(context.new_page(),
+                      f"http://127.0.0.1:{console_hotline.env['IVR_API_PORT']}")
+    try:
+        yield tab
+    finally:
+        context.close()
+    assert not tab.errors, tab.errors
+
+
+def _spoken(path: Path, text: str) -> Path:
+    """espeak-ng speech as a 16 kHz mono WAV."""
+    raw = path.with_suffix(".raw.wav")
+    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(raw), text], check=True)
+    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(path)],
+                   check=True)
+    return path
+
+
+@browser_test
+def test_a_bad_token_is_refused_and_not_retried(console: ConsolePage,
+                                                console_hotline: Hotline) -> None:
+    from playwright.sync_api import expect
+
+    page = console.page
+    console.open()
+    status = page.locator("#status")
+    expect(status).to_have_attribute("data-status", "idle")
+    console.connect("ivr_0000_not-a-real-token")
+    expect(status).to_have_attribute("data-status", "error")
+    expect(status).to_contain_text("4401")
+    expect(status).to_contain_text("unknown, expired or revoked")
+    time.sleep(2.5)  # longer than the first two reconnect delays
+    assert len(console.routes) == 1, "the console retried a refused token"
+    expect(status).to_have_attribute("data-status", "error")
+    # A valid token of a role that may not watch live calls: 4403, also final.
+    console.connect(console_hotline.token("agent"))
+    expect(status).to_contain_text("4403")
+    expect(status).to_have_attribute("data-status", "error")
+    assert page.locator("#calls tr").count() == 0
+
+
+@browser_test
+def test_a_live_call_on_the_board_with_route_transcript_and_monitor(
+        console: ConsolePage, console_hotline: Hotline, sip_stack: SipStack,
+        asterisk: RunningAsterisk, artifacts: Path) -> None:
+    from playwright.sync_api import expect
+
+    hotline, page = console_hotline, console.page
+    agent_speech = _spoken(artifacts / "agent.wav", "thank you for calling, how can I help")
+    caller_speech = _spoken(artifacts / "caller.wav", "I have a question about my bill")
+    console.open()
+    console.connect(hotline.token("supervisor"))
+    status = page.locator("#status")
+    expect(status).to_have_attribute("data-status", "connected")
+    # The token is kept for this tab only, so a reload connects again by itself.
+    page.reload()
+    expect(status).to_have_attribute("data-status", "connected")
+    assert console.sent[-1] == [{"type": "auth", "token": hotline.token("supervisor")}]
+
+    team = Agents(sip_stack, asterisk, artifacts)
+    supervisor_phone = None
+    call = None
+    try:
+        team.register("north", play=agent_speech)
+        north = page.locator('#regions tr[data-region="north"]')
+        expect(north.locator("td.registered")).to_have_text(re.compile(r"^1 / \d+$"))
+        expect(north.locator("td.available")).to_have_text("1")
+
+        call = dial_and_press(sip_stack, asterisk, CALLER, "1")
+        call_id = hotline.wait_call(call.record.sip_call_id, lambda c: True, 10)["call_id"]
+        row = page.locator(f'#calls tr[data-call-id="{call_id}"]')
+        expect(row).to_have_count(1)
+        expect(row.locator("td.state")).to_have_attribute("data-value", re.compile(r"^\w+$"))
+        expect(row.locator("td.caller")).to_have_text(str(mask_number(CALLER)))
+        assert CALLER not in page.content()
+
+        # A dropped connection resumes from the last event seen, on the same epoch, and the
+        # server sends what was missed instead of a new snapshot.
+        before = len(console.routes)
+        seen = console.received[-1]
+        console.cut()
+        console.wait_for(lambda: len(console.routes) > before and bool(console.sent[-1]), 10,
+                         "the console to reconnect")
+        resume = console.sent[-1][0]
+        epoch = next(m["epoch"] for m in reversed(seen) if m["type"] == "snapshot")
+        assert resume == {"type": "auth", "token": hotline.token("supervisor"),
+                          "last_seq": max(m["seq"] for m in seen), "epoch": epoch}
+        expect(status).to_have_attribute("data-status", "connected")
+        resumed = console.received[before]
+
+        row.click()
+        expect(row).to_have_class(re.compile(r"\bselected\b"))
+        expect(page.locator("#route")).to_have_attribute("data-call-id", call_id)
+        expect(row.locator("td.state")).to_have_attribute("data-value", "connected",
+                                                          timeout=40_000)
+        record = hotline.call(call_id)
+        assert record["route"] == {"region": "north", "agent_id": "agent-north-1"}
+        expect(page.locator("#route-agent")).to_have_text("agent-north-1")
+        expect(page.locator("#route-region")).to_contain_text("north")
+        expect(page.locator("#route-decision")).to_contain_text(
+            record["route_decision"]["rule_name"])
+        expect(row.locator("td.agent")).to_have_text("agent-north-1")
+        expect(north.locator("td.oncall")).to_have_text("1")
+        first = resume["last_seq"] + 1
+        assert resumed and all(m["type"] == "event" for m in resumed)
+        assert [m["seq"] for m in resumed] == list(range(first, first + len(resumed)))
+        wait = row.locator("td.wait")
+        expect(wait).to_have_text(re.compile(r"^\d\d:\d\d$"))
+        expect(wait).not_to_have_text(wait.inner_text(), timeout=3_000)  # it keeps counting
+
+        call.play(caller_speech, wait=False)
+        final = page.locator("#transcript .line.final").first
+        expect(final).to_be_visible(timeout=25_000)
+        speaker = final.get_attribute("data-speaker")
+        assert speaker in ("caller", "agent")
+        expect(final.locator(".speaker")).to_have_text({"caller": "客户", "agent": "坐席"}[speaker])
+        stored = hotline.get(f"/calls/{call_id}/transcript", "supervisor").json()
+        assert any(line["speaker"] == speaker for line in stored)
+
+        # Listen from the supervisor's own phone; an unknown phone is refused with a reason.
+        account = next(p for p in asterisk.state.supervisors if p.agent_id == "supervisor-1")
+        supervisor_phone = sip_stack.agent(account.agent_id, account.password, asterisk.pbx,
+                                           AgentOptions(answer_after_s=0.2,
+                                                        record_dir=artifacts))
+        supervisor_phone.wait_registered()
+        monitor_status = page.locator("#monitor-status")
+        page.fill("#phone", "nobody")
+        page.click("#listen")
+        expect(monitor_status).to_have_class("error")
+        expect(monitor_status).to_contain_text("unknown supervisor phone")
+        page.fill("#phone", "supervisor-1")
+        page.click("#listen")
+        expect(monitor_status).to_have_class("ok")
+        expect(monitor_status).to_contain_text("supervisor-1")
+        phone = supervisor_phone
+        console.wait_for(lambda: bool(phone.calls), 10, "the supervisor's phone to ring")
+        assert page.evaluate("localStorage.getItem('ivr.console.phone')") == "supervisor-1"
+
+        page.screenshot(path=str(artifacts / "console.png"), full_page=True)
+        page.click("#lang")
+        expect(page.locator("#lang")).to_have_text("中文")
+        expect(page.locator("th").first).to_have_text("Caller")
+        expect(final.locator(".speaker")).to_have_text(speaker.capitalize())
+        page.screenshot(path=str(artifacts / "console-en.png"), full_page=True)
+
+        call.hangup()
+        call.wait_ended()
+        call = None
+        expect(row).to_have_class(re.compile(r"\bended\b"), timeout=10_000)
+        expect(row.locator("td.state")).to_have_attribute("data-value", "ended")
+    finally:
+        if call is not None:
+            call.hangup()
+        if supervisor_phone is not None:
+            supervisor_phone.close()
+        team.close()
+    # Ended rows fade out and leave the board after about ten seconds.
+    expect(row).to_have_count(0, timeout=15_000)
+    hotline.assert_nothing_left()
