@@ -327,6 +327,7 @@ def test_a_live_call_on_the_board_with_route_transcript_and_monitor(
         expect(row.locator("td.agent")).to_have_text("agent-north-1")
         expect(north.locator("td.oncall")).to_have_text("1")
         first = resume["last_seq"] + 1
+        print("DEBUG", before, [len(r) for r in console.received], [len(x) for x in console.sent], [[m.get("seq") for m in r] for r in console.received])
         assert resumed and all(m["type"] == "event" for m in resumed)
         assert [m["seq"] for m in resumed] == list(range(first, first + len(resumed)))
         wait = row.locator("td.wait")

@@ -4,9 +4,8 @@ leaves the API (with audited reads in clear), and the Prometheus metrics fed by 
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
-
 from api_app import WiredApi, wired_api
+from fastapi.testclient import TestClient
 
 pytestmark = [pytest.mark.unit, pytest.mark.model]
 

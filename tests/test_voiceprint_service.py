@@ -153,3 +153,54 @@ def test_wrong_master_key_fails_loudly(service: tuple, audio: dict) -> None:  # 
                               MasterKey.from_config(os.urandom(32).hex()))
     with pytest.raises(TemplateError, match="wrong master key"):
         _verify(other, audio["attempt"])
+
+
+def test_retained_audio_is_sealed_expires_and_goes_with_delete(service: tuple,  # type: ignore[type-arg]
+                                                               audio: dict) -> None:  # type: ignore[type-arg]
+    from voiceprint.service import VoiceprintOptions
+    from voiceprint.store import RecordingRow
+    from voiceprint.templates import SealedAudio, open_audio
+
+    svc, clock, db = service
+    keeping = VoiceprintService(svc.engine, svc.embedder, svc.key, clock=clock,
+                                options=VoiceprintOptions(retain_audio=timedelta(days=7)))
+    keeping.enroll("acct-1", audio["enroll"], consent=True)
+    _verify(keeping, audio["attempt"])
+    assert keeping.status("acct-1").retained_recordings == 4
+    from sqlalchemy.orm import Session
+
+    with Session(svc.engine) as session:
+        row = session.query(RecordingRow).filter_by(source="attempt").one()
+        sealed = SealedAudio(row.ciphertext, row.nonce, row.wrapped_key, row.key_nonce,
+                             row.key_id, row.version, row.expires_at.replace(tzinfo=UTC))
+        pcm = open_audio(sealed, row.id, "acct-1", svc.key, clock.now)
+    expected = (np.clip(audio["attempt"], -1, 1) * 32767).astype("<i2").tobytes()
+    assert pcm == expected and expected[:64] not in row.ciphertext
+    clock.now += timedelta(days=8)
+    assert keeping.status("acct-1").retained_recordings == 0  # purged after expiry
+    _verify(keeping, audio["attempt2"])
+    keeping.delete("acct-1", by="security-reviewer")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM voiceprint_recordings").fetchone()[0] == 0
+
+
+def test_revoke_keeps_replay_prints_and_reenable_lifts_a_lockout(service: tuple,  # type: ignore[type-arg]
+                                                                 audio: dict) -> None:  # type: ignore[type-arg]
+    svc, clock, _db = service
+    svc.enroll("acct-1", audio["enroll"], consent=True)
+    for _ in range(5):
+        clock.now += timedelta(minutes=1)
+        assert _verify(svc, audio["attempt"], heard="000000").decision == "reject"
+    assert svc.status("acct-1").lockout == "backoff"
+    assert svc.reenable("acct-1", by="reviewer-7") is True
+    assert svc.status("acct-1").lockout == "normal"
+    assert svc.reenable("acct-1", by="reviewer-7") is False  # nothing to lift
+    lockouts = svc.audit.records(account_id="acct-1", kind="lockout")
+    assert [r.decision for r in lockouts] == ["backoff_started", "reenabled"]
+    assert lockouts[-1].reviewer == "reviewer-7"
+    svc.revoke("acct-1", by="reviewer-7")
+    assert svc.status("acct-1").enrolled is False
+    svc.enroll("acct-1", audio["enroll"][:2] + audio["other"][:1], consent=True)
+    clock.now += timedelta(minutes=1)
+    # The enrollment audio of before the revocation still counts for replay checks.
+    assert _verify(svc, audio["enroll"][2]).replay is True

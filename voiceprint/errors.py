@@ -19,7 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
-AUDIO_REJECT_REASONS: Final = frozenset({"too_short", "silent", "clipped", "noisy", "wrong_rate"})
+AUDIO_REJECT_REASONS: Final = frozenset({
+    "too_short", "silent", "clipped", "noisy", "wrong_rate", "bad_format", "too_long"})
 
 
 class VoiceprintError(Exception):

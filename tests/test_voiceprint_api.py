@@ -1,0 +1,104 @@
+"""The security team's endpoints on a real database: notes as new records, tamper detection of
+the decision log named by record, and the voiceprint tier's start-up checks."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+from api_app import WiredApi, wired_api
+from fastapi.testclient import TestClient
+
+from ivr.flow.controller import Readiness
+from ivr.service import load_voice_tier, open_store
+from ivr.settings import Settings
+from voiceprint.audit import AuditEntry
+from voiceprint.errors import MasterKeyError
+
+pytestmark = [pytest.mark.unit, pytest.mark.model]
+
+
+@pytest.fixture()
+def api(tmp_path: Path) -> WiredApi:
+    from voiceprint.testing.tiny_ecapa import build_tiny_ecapa
+
+    return wired_api(tmp_path, build_tiny_ecapa())
+
+
+def _security(api: WiredApi) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api.tokens['security']}"}
+
+
+def test_notes_are_new_records_and_tampering_is_named(api: WiredApi, tmp_path: Path) -> None:
+    service = api.services.voiceprint
+    assert service is not None
+    for decision in ("reject", "uncertain", "accept", "reject"):
+        service.audit.append(AuditEntry(kind="decision", call_id="c1", account_id="acct-1",
+                                        masked_caller="*********00", decision=decision))
+    client = TestClient(api.app)
+    note = client.post("/api/v1/voiceprint/attempts/3/notes", json={"note": "caller was ill"},
+                       headers=_security(api))
+    assert note.status_code == 201 and note.json()["refers_to_seq"] == 3
+    assert client.post("/api/v1/voiceprint/attempts/999/notes", json={"note": "x"},
+                       headers=_security(api)).status_code == 404
+    assert client.get("/api/v1/voiceprint/audit/verify", headers=_security(api)).json() == {
+        "ok": True, "checked": 6, "first_broken_seq": None, "reason": None}
+    db = tmp_path / "ivr.sqlite3"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE voiceprint_audit SET decision='accept' WHERE seq=3")
+    verdict = client.get("/api/v1/voiceprint/audit/verify", headers=_security(api)).json()
+    assert verdict["ok"] is False and verdict["first_broken_seq"] == 3
+    listed = client.get("/api/v1/voiceprint/attempts", params={"decision": "reject"},
+                        headers=_security(api)).json()["items"]
+    assert [r["seq"] for r in listed] == [2, 5]
+
+
+def test_enrollment_upload_rejects_bad_audio_with_a_reason(api: WiredApi) -> None:
+    import base64
+    import io
+    import wave
+
+    def wav(rate: int, seconds: float, channels: int = 1) -> str:
+        out = io.BytesIO()
+        with wave.open(out, "wb") as w:
+            w.setnchannels(channels)
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            w.writeframes(b"\0\0" * int(rate * seconds) * channels)
+        return base64.b64encode(out.getvalue()).decode()
+
+    client = TestClient(api.app)
+    url = "/api/v1/voiceprint/accounts/acct-1/enrollment"
+    for samples, reason in (([wav(16000, 3.0)], "silent"), ([wav(44100, 1.0)], "bad_format"),
+                            ([wav(16000, 1.0, channels=2)], "bad_format"),
+                            (["not base64!"], "not base64")):
+        response = client.post(url, json={"consent": True, "samples": samples},
+                               headers=_security(api))
+        assert response.status_code == 422, response.text
+        assert reason in response.json()["details"][0]["msg"]
+    assert client.post("/api/v1/voiceprint/accounts/nobody/enrollment",
+                       json={"consent": True, "samples": [wav(16000, 1.0)]},
+                       headers=_security(api)).status_code == 404
+
+
+def test_voice_tier_start_up_checks(tmp_path: Path) -> None:
+    from voiceprint.testing.tiny_ecapa import build_tiny_ecapa
+
+    def tier(**voiceprint: object) -> tuple[object, Readiness]:
+        settings = Settings(data_dir=tmp_path, voiceprint=voiceprint)
+        readiness = Readiness()
+        loaded = asyncio.run(load_voice_tier(settings, open_store(settings), readiness))
+        return loaded, readiness
+
+    loaded, readiness = tier(model_dir=build_tiny_ecapa())
+    assert loaded is None and "no master key" in readiness.degraded()["voiceprint"]
+    loaded, readiness = tier(model_dir=tmp_path / "missing", master_key="ab" * 32)
+    assert loaded is None and "unusable" in readiness.degraded()["voiceprint"]
+    with pytest.raises(MasterKeyError):
+        tier(model_dir=build_tiny_ecapa(), master_key="too-short")
+    key_file = tmp_path / "key"
+    key_file.write_text("cd" * 32)
+    loaded, readiness = tier(model_dir=build_tiny_ecapa(), master_key_file=key_file)
+    assert loaded is not None and readiness.degraded() == {}
