@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,20 @@ def sip_stack() -> Iterator[object]:
         yield stack
     finally:
         stack.stop()
+
+
+def drop_lazy_speechbrain_modules() -> None:
+    """Hypothesis scans ``sys.modules`` for constants; SpeechBrain leaves lazy redirect modules
+    there whose attribute access imports optional packages (k2) that are not installed. Once a
+    test has loaded an ECAPA model, every later hypothesis test would fail on them."""
+    for name, module in list(sys.modules.items()):
+        if type(module).__name__ in ("LazyModule", "DeprecatedModuleRedirect"):
+            del sys.modules[name]
+
+
+@pytest.fixture(autouse=True)
+def _no_lazy_speechbrain_modules() -> None:
+    drop_lazy_speechbrain_modules()
 
 
 @pytest.fixture

@@ -9,14 +9,14 @@ hypothesis directly.)
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import schemathesis
 from api_app import WiredApi, wired_api
 from hypothesis import HealthCheck, given, settings
 from schemathesis import Case
 from schemathesis.specs.openapi import checks
+
+from conftest import drop_lazy_speechbrain_modules
 
 pytestmark = [pytest.mark.unit, pytest.mark.model, pytest.mark.slow]
 
@@ -35,16 +35,8 @@ def wired(tmp_path_factory: pytest.TempPathFactory) -> WiredApi:
     return wired_api(tmp_path_factory.mktemp("fuzz"), build_tiny_ecapa())
 
 
-def _drop_lazy_modules() -> None:
-    # Hypothesis scans sys.modules for constants; SpeechBrain registers lazy redirect modules
-    # there whose attribute access imports optional packages (k2) that are not installed.
-    for name, module in list(sys.modules.items()):
-        if type(module).__name__ in ("LazyModule", "DeprecatedModuleRedirect"):
-            del sys.modules[name]
-
-
 def test_no_server_errors_and_schema_conformance(wired: WiredApi) -> None:
-    _drop_lazy_modules()
+    drop_lazy_speechbrain_modules()  # the model was loaded by this test's own fixture
     schema = schemathesis.openapi.from_asgi("/openapi.json", wired.app)
     failures: list[str] = []
     operations = 0

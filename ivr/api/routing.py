@@ -221,11 +221,11 @@ class YamlResponse(Response):
 _DESCRIPTIONS = {
     400: "The body is not parseable JSON", 401: "No valid bearer token",
     403: "The token's role may not do this", 404: "Not found (no rule with this id)",
+    405: "The path is one beside the rule ids (history, export, import), without this method",
     409: "A rule with this id exists", 412: "If-Match does not name the current ETag",
     413: "The body is over 1 MiB", 415: "The body is not YAML or plain text",
     422: "Invalid input; details[].loc names the field", 428: "If-Match is required",
     503: "Routing is not available in this process",
-    405: "The path is one beside the rule ids (history, export, import), without this method",
 }
 _RULE_DOCUMENT: dict[str, Any] = {  # what export writes and import reads, as YAML
     "type": "object", "required": ["rules"], "additionalProperties": False,

@@ -7,181 +7,99 @@
 "use strict";
 
 (() => {
-  const I18N = {
-    zh: {
-      title: "热线监控台",
-      token: "访问令牌",
-      token_hint: "粘贴 supervisor 令牌（ivr token create --role supervisor）",
-      connect: "连接",
-      disconnect: "断开",
-      status_idle: "未连接",
-      status_connecting: "连接中…",
-      status_connected: "已连接",
-      status_reconnecting: "连接中断，{s} 秒后重连…",
-      status_disconnected: "已断开",
-      status_error: "连接被拒绝",
-      token_missing: "请先粘贴访问令牌",
-      close_4400: "认证消息无效（4400）",
-      close_4401: "令牌无效、已过期或已吊销（4401）",
-      close_4403: "此令牌的角色无权查看实时通话（4403）",
-      board: "实时通话",
-      col_caller: "主叫号码",
-      col_region: "地区",
-      col_intent: "意图",
-      col_state: "状态",
-      col_wait: "时长",
-      col_agent: "坐席",
-      col_verification: "身份验证",
-      no_calls: "暂无进行中的通话",
-      regions: "各地区坐席与排队",
-      reg_region: "地区",
-      reg_registered: "已注册",
-      reg_available: "空闲",
-      reg_oncall: "通话中",
-      reg_waiting: "排队",
-      no_agents: "暂无坐席信息",
-      transcript: "通话转写",
-      select_call: "点击左侧的通话查看转写",
-      loading: "正在加载此前的转写…",
-      no_lines: "尚无转写",
-      call_ended: "通话已结束",
-      load_failed: "无法加载转写：{message}",
-      not_recognised: "（未识别）",
-      route_region: "路由地区",
-      route_agent: "坐席",
-      route_decision: "最近路由决策",
-      rule: "规则",
-      overflow_to: "溢出至",
-      overflowed: "已溢出至",
-      phone: "我的话机",
-      listen: "监听",
-      whisper: "密语",
-      barge: "强插",
-      select_first: "请先在列表中选择一个通话",
-      phone_needed: "请填写您的话机（字母、数字、. _ -）",
-      monitor_sending: "正在发起{mode}…",
-      monitor_ringing: "正在呼叫您的话机 {phone}（{mode}）",
-      speaker_caller: "客户",
-      speaker_agent: "坐席",
-      state_ringing: "振铃",
-      state_greeting: "欢迎语",
-      state_menu: "菜单",
-      state_routing: "路由中",
-      state_verifying: "验证码验证",
-      state_voice_check: "声纹验证",
-      state_voice_enrollment: "声纹注册",
-      state_queued: "排队中",
-      state_ringing_agent: "呼叫坐席",
-      state_connected: "通话中",
-      state_callback: "预约回拨",
-      state_ended: "已结束",
-      intent_billing: "账单",
-      intent_product_info: "产品咨询",
-      intent_account_security: "账户安全",
-      intent_technical_fault: "技术故障",
-      intent_capacity: "容量",
-      intent_ticket_status: "工单进度",
-      intent_complaint: "投诉",
-      intent_human_agent: "人工服务",
-      intent_unknown: "未知",
-      verification_accept: "通过",
-      verification_reject: "未通过",
-      verification_uncertain: "待定",
-      verification_none: "未验证",
-      action_queue: "排队",
-      action_callback: "回拨",
-      action_after_hours: "非工作时间",
-      region_north: "华北",
-      region_east: "华东",
-      region_south: "华南",
-      region_west: "西南",
-      region_any: "任意地区",
-    },
-    en: {
-      title: "Hotline supervisor console",
-      token: "Access token",
-      token_hint: "Paste a supervisor token (ivr token create --role supervisor)",
-      connect: "Connect",
-      disconnect: "Disconnect",
-      status_idle: "Not connected",
-      status_connecting: "Connecting…",
-      status_connected: "Connected",
-      status_reconnecting: "Connection lost, retrying in {s} s…",
-      status_disconnected: "Disconnected",
-      status_error: "Connection refused",
-      token_missing: "Paste an access token first",
-      close_4400: "Invalid auth message (4400)",
-      close_4401: "Token unknown, expired or revoked (4401)",
-      close_4403: "This token's role may not watch live calls (4403)",
-      board: "Live calls",
-      col_caller: "Caller",
-      col_region: "Region",
-      col_intent: "Intent",
-      col_state: "State",
-      col_wait: "Time",
-      col_agent: "Agent",
-      col_verification: "Verification",
-      no_calls: "No active calls",
-      regions: "Agents and queues by region",
-      reg_region: "Region",
-      reg_registered: "Registered",
-      reg_available: "Available",
-      reg_oncall: "On call",
-      reg_waiting: "Waiting",
-      no_agents: "No agent information yet",
-      transcript: "Transcript",
-      select_call: "Select a call to see its transcript",
-      loading: "Loading what was said so far…",
-      no_lines: "Nothing transcribed yet",
-      call_ended: "The call has ended",
-      load_failed: "Could not load the transcript: {message}",
-      not_recognised: "(not recognised)",
-      route_region: "Routed to",
-      route_agent: "Agent",
-      route_decision: "Last routing decision",
-      rule: "rule",
-      overflow_to: "overflow to",
-      overflowed: "overflowed to",
-      phone: "My phone",
-      listen: "Listen",
-      whisper: "Whisper",
-      barge: "Barge",
-      select_first: "Select a call in the list first",
-      phone_needed: "Enter your phone (letters, digits, . _ -)",
-      monitor_sending: "Starting {mode}…",
-      monitor_ringing: "Ringing your phone {phone} ({mode})",
-      speaker_caller: "Caller",
-      speaker_agent: "Agent",
-      state_ringing: "ringing",
-      state_greeting: "greeting",
-      state_menu: "menu",
-      state_routing: "routing",
-      state_verifying: "code check",
-      state_voice_check: "voiceprint check",
-      state_voice_enrollment: "voiceprint enrolment",
-      state_queued: "queued",
-      state_ringing_agent: "ringing agent",
-      state_connected: "connected",
-      state_callback: "callback",
-      state_ended: "ended",
-      intent_billing: "billing",
-      intent_product_info: "product info",
-      intent_account_security: "account security",
-      intent_technical_fault: "technical fault",
-      intent_capacity: "capacity",
-      intent_ticket_status: "ticket status",
-      intent_complaint: "complaint",
-      intent_human_agent: "human agent",
-      intent_unknown: "unknown",
-      verification_accept: "passed",
-      verification_reject: "failed",
-      verification_uncertain: "uncertain",
-      verification_none: "not checked",
-      action_queue: "queue",
-      action_callback: "callback",
-      action_after_hours: "after hours",
-    },
+  // Every label in both languages: [中文, English]. A region's English name is its id.
+  const LABELS = {
+    title: ["热线监控台", "Hotline supervisor console"],
+    token: ["访问令牌", "Access token"],
+    token_hint: [
+      "粘贴 supervisor 令牌（ivr token create --role supervisor）",
+      "Paste a supervisor token (ivr token create --role supervisor)"],
+    connect: ["连接", "Connect"],
+    disconnect: ["断开", "Disconnect"],
+    status_idle: ["未连接", "Not connected"],
+    status_connecting: ["连接中…", "Connecting…"],
+    status_connected: ["已连接", "Connected"],
+    status_reconnecting: ["连接中断，{s} 秒后重连…", "Connection lost, retrying in {s} s…"],
+    status_disconnected: ["已断开", "Disconnected"],
+    status_error: ["连接被拒绝", "Connection refused"],
+    token_missing: ["请先粘贴访问令牌", "Paste an access token first"],
+    close_4400: ["认证消息无效（4400）", "Invalid auth message (4400)"],
+    close_4401: ["令牌无效、已过期或已吊销（4401）", "Token unknown, expired or revoked (4401)"],
+    close_4403: ["此令牌的角色无权查看实时通话（4403）", "This token's role may not watch live calls (4403)"],
+    board: ["实时通话", "Live calls"],
+    col_caller: ["主叫号码", "Caller"],
+    col_region: ["地区", "Region"],
+    col_intent: ["意图", "Intent"],
+    col_state: ["状态", "State"],
+    col_wait: ["时长", "Time"],
+    col_agent: ["坐席", "Agent"],
+    col_verification: ["身份验证", "Verification"],
+    no_calls: ["暂无进行中的通话", "No active calls"],
+    regions: ["各地区坐席与排队", "Agents and queues by region"],
+    reg_region: ["地区", "Region"],
+    reg_registered: ["已注册", "Registered"],
+    reg_available: ["空闲", "Available"],
+    reg_oncall: ["通话中", "On call"],
+    reg_waiting: ["排队", "Waiting"],
+    no_agents: ["暂无坐席信息", "No agent information yet"],
+    transcript: ["通话转写", "Transcript"],
+    select_call: ["点击左侧的通话查看转写", "Select a call to see its transcript"],
+    loading: ["正在加载此前的转写…", "Loading what was said so far…"],
+    no_lines: ["尚无转写", "Nothing transcribed yet"],
+    call_ended: ["通话已结束", "The call has ended"],
+    load_failed: ["无法加载转写：{message}", "Could not load the transcript: {message}"],
+    not_recognised: ["（未识别）", "(not recognised)"],
+    route_region: ["路由地区", "Routed to"],
+    route_agent: ["坐席", "Agent"],
+    route_decision: ["最近路由决策", "Last routing decision"],
+    rule: ["规则", "rule"],
+    overflow_to: ["溢出至", "overflow to"],
+    overflowed: ["已溢出至", "overflowed to"],
+    phone: ["我的话机", "My phone"],
+    listen: ["监听", "Listen"],
+    whisper: ["密语", "Whisper"],
+    barge: ["强插", "Barge"],
+    select_first: ["请先在列表中选择一个通话", "Select a call in the list first"],
+    phone_needed: ["请填写您的话机（字母、数字、. _ -）", "Enter your phone (letters, digits, . _ -)"],
+    monitor_sending: ["正在发起{mode}…", "Starting {mode}…"],
+    monitor_ringing: ["正在呼叫您的话机 {phone}（{mode}）", "Ringing your phone {phone} ({mode})"],
+    speaker_caller: ["客户", "Caller"],
+    speaker_agent: ["坐席", "Agent"],
+    state_ringing: ["振铃", "ringing"],
+    state_greeting: ["欢迎语", "greeting"],
+    state_menu: ["菜单", "menu"],
+    state_routing: ["路由中", "routing"],
+    state_verifying: ["验证码验证", "code check"],
+    state_voice_check: ["声纹验证", "voiceprint check"],
+    state_voice_enrollment: ["声纹注册", "voiceprint enrolment"],
+    state_queued: ["排队中", "queued"],
+    state_ringing_agent: ["呼叫坐席", "ringing agent"],
+    state_connected: ["通话中", "connected"],
+    state_callback: ["预约回拨", "callback"],
+    state_ended: ["已结束", "ended"],
+    intent_billing: ["账单", "billing"],
+    intent_product_info: ["产品咨询", "product info"],
+    intent_account_security: ["账户安全", "account security"],
+    intent_technical_fault: ["技术故障", "technical fault"],
+    intent_capacity: ["容量", "capacity"],
+    intent_ticket_status: ["工单进度", "ticket status"],
+    intent_complaint: ["投诉", "complaint"],
+    intent_human_agent: ["人工服务", "human agent"],
+    intent_unknown: ["未知", "unknown"],
+    verification_accept: ["通过", "passed"],
+    verification_reject: ["未通过", "failed"],
+    verification_uncertain: ["待定", "uncertain"],
+    verification_none: ["未验证", "not checked"],
+    action_queue: ["排队", "queue"],
+    action_callback: ["回拨", "callback"],
+    action_after_hours: ["非工作时间", "after hours"],
+    region_north: ["华北", null],
+    region_east: ["华东", null],
+    region_south: ["华南", null],
+    region_west: ["西南", null],
+    region_any: ["任意地区", null],
   };
+  const LANGUAGES = ["zh", "en"];
 
   const TOKEN_KEY = "ivr.console.token"; // sessionStorage: gone when the tab closes
   const PHONE_KEY = "ivr.console.phone";
@@ -192,6 +110,7 @@
   const RESUME_SETTLE_MS = 1000;
   const FATAL_CLOSES = { 4400: "close_4400", 4401: "close_4401", 4403: "close_4403" };
   const REGION_ORDER = ["north", "east", "south", "west"];
+  const WAITING_STATES = new Set(["queued", "ringing_agent"]);
   const COLUMNS = ["caller", "region", "intent", "state", "wait", "agent", "verification"];
   const DASH = "—";
 
@@ -235,20 +154,24 @@
 
   // -- text -------------------------------------------------------------------------------
 
+  function label(key) {
+    const pair = LABELS[key];
+    return pair ? pair[LANGUAGES.indexOf(state.lang)] ?? pair[1] : undefined;
+  }
+
   function t(key, vars) {
-    const text = I18N[state.lang][key] ?? I18N.en[key] ?? String(key);
+    const text = label(key) ?? String(key);
     return text.replace(/\{(\w+)\}/g, (_, name) => String(vars?.[name] ?? ""));
   }
 
   function known(prefix, value) {
     if (value === null || value === undefined || value === "") return DASH;
-    const key = `${prefix}_${value}`;
-    return I18N[state.lang][key] ?? I18N.en[key] ?? String(value);
+    return label(`${prefix}_${value}`) ?? String(value);
   }
 
   function regionLabel(region) {
     if (!region) return DASH;
-    const name = I18N[state.lang][`region_${region}`];
+    const name = label(`region_${region}`);
     return name ? `${name} (${region})` : region;
   }
 
@@ -466,6 +389,7 @@
       state.removals.set(callId, setTimeout(() => removeCall(callId), ENDED_LINGER_MS));
     }
     ui.noCalls.classList.toggle("hidden", state.calls.size > 0);
+    if (state.waiting.some((w) => w.call_id === callId)) renderRegions();
     if (callId === state.selected) {
       renderRoute();
       updateMonitorButtons();
@@ -507,7 +431,7 @@
   }
 
   function waitSeconds(row, now) {
-    const waiting = row.state === "queued" || row.state === "ringing_agent";
+    const waiting = WAITING_STATES.has(row.state);
     const from = parseTime(waiting && row.queued_at ? row.queued_at : row.started_at);
     if (from === null) return 0;
     const until = parseTime(row.ended_at) ?? now;
@@ -563,8 +487,14 @@
       if (agent.available) counts.available += 1;
       if (agent.call_id) counts.oncall += 1;
     }
-    // A waiting call counts in the region it was routed to, even after it overflowed.
-    for (const waiting of state.waiting) entry(waiting.regions?.[0] ?? "any").waiting += 1;
+    for (const waiting of state.waiting) {
+      // Queue changes are not always sent as they happen: the board's own row of a call that
+      // is no longer queued (connected, ended) wins over an older queue list.
+      const row = state.calls.get(waiting.call_id);
+      if (row && !WAITING_STATES.has(row.state)) continue;
+      // A waiting call counts in the region it was routed to, even after it overflowed.
+      entry(waiting.regions?.[0] ?? "any").waiting += 1;
+    }
     const rank = (r) => (REGION_ORDER.includes(r) ? REGION_ORDER.indexOf(r) : 99);
     const regions = [...byRegion.keys()].sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
     const rows = regions.map((region) => {
@@ -856,6 +786,10 @@
   window.addEventListener("pagehide", () => {
     state.wanted = false;
     dropSocket();
+  });
+  window.addEventListener("pageshow", (event) => {
+    // Back from the back/forward cache: the socket was closed on the way out.
+    if (event.persisted && state.token) connect();
   });
 
   ui.phone.value = localStorage.getItem(PHONE_KEY) ?? "";
