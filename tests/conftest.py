@@ -94,6 +94,21 @@ def _no_lazy_speechbrain_modules() -> None:
 
 
 @pytest.fixture
+def agents(sip_stack: object, asterisk: RunningAsterisk, artifacts: Path,
+           hotline: object) -> Iterator[object]:
+    """Agent phones for one test (the module's ``hotline`` must be running); afterwards they
+    are unregistered and nothing of the test's calls may be left in Asterisk."""
+    from hotline import Agents
+
+    team = Agents(sip_stack, asterisk, artifacts)  # type: ignore[arg-type]
+    try:
+        yield team
+    finally:
+        team.close()
+        hotline.assert_nothing_left()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
 def artifacts(request: pytest.FixtureRequest) -> Path:
     """Folder kept after the run for recordings and screenshots of this test."""
     path = ARTIFACTS / request.node.name

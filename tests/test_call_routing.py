@@ -28,17 +28,6 @@ def hotline(asterisk: RunningAsterisk, tmp_path_factory: pytest.TempPathFactory
         yield running
 
 
-@pytest.fixture
-def agents(sip_stack: SipStack, asterisk: RunningAsterisk, artifacts: Path,
-           hotline: Hotline) -> Iterator[Agents]:
-    team = Agents(sip_stack, asterisk, artifacts)
-    try:
-        yield team
-    finally:
-        team.close()
-        hotline.assert_nothing_left()
-
-
 def _tail(pcm: Pcm, seconds: float, skip_end: float = 0.2) -> Pcm:
     end = len(pcm.samples) - int(skip_end * pcm.rate)
     return Pcm(pcm.samples[max(0, end - int(seconds * pcm.rate)):end], pcm.rate)

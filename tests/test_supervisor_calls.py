@@ -29,17 +29,6 @@ def hotline(asterisk: RunningAsterisk, tmp_path_factory: pytest.TempPathFactory
         yield running
 
 
-@pytest.fixture
-def agents(sip_stack: SipStack, asterisk: RunningAsterisk, artifacts: Path,
-           hotline: Hotline) -> Iterator[Agents]:
-    team = Agents(sip_stack, asterisk, artifacts)
-    try:
-        yield team
-    finally:
-        team.close()
-        hotline.assert_nothing_left()
-
-
 def _supervisor_phone(sip_stack: SipStack, asterisk: RunningAsterisk,
                       folder: Path) -> AgentPhone:
     account = asterisk.state.supervisors[0]

@@ -4,12 +4,14 @@ team's endpoints on the same running service.
 
 The speech path runs the tiny random Whisper, which cannot hear digits: every challenge here is
 "not heard", so the decision is ``reject`` and the call goes to the experts — the real decision
-path, logged like any other. Acceptance needs trained weights (the last test, skipped without).
+path, logged like any other. A scored decision needs trained weights (the last test, skipped
+without them).
 """
 
 from __future__ import annotations
 
 import base64
+import os
 import random
 import re
 import subprocess
@@ -214,3 +216,30 @@ def _challenge_call(hotline: Hotline, sip_stack: SipStack, asterisk: RunningAste
     attempts = _attempts(hotline, call_id=record["call_id"], kind="decision")
     assert len(attempts) == 1, attempts
     return {"record": record, "attempt": attempts[0], "challenge": challenge, "wav": wav}
+
+
+@pytest.mark.skipif(not (os.environ.get("IVR_TEST_WHISPER_MODEL")
+                         and os.environ.get("IVR_TEST_ECAPA_MODEL")),
+                    reason="needs trained weights: set IVR_TEST_WHISPER_MODEL and "
+                           "IVR_TEST_ECAPA_MODEL (scripts/fetch_models.py downloads both)")
+def test_heard_challenge_is_scored_with_trained_models(
+        asterisk: RunningAsterisk, sip_stack: SipStack, tmp_path: Path, artifacts: Path,
+        hotline: Hotline) -> None:
+    hotline.stop()  # this module's controller must not compete for the calls
+    env = {**{k: v for k, v in hotline.env.items() if k.startswith("IVR_VOICEPRINT__")
+              or k.startswith("IVR_ASR__")},
+           "IVR_ASR__MODEL_DIR": os.environ["IVR_TEST_WHISPER_MODEL"],
+           "IVR_VOICEPRINT__MODEL_DIR": os.environ["IVR_TEST_ECAPA_MODEL"]}
+    try:
+        with running_hotline(asterisk, tmp_path, **env) as real:
+            subprocess.run([sys.executable, "-m", "ivr.cli", "account", "add", "--id",
+                            "acct-voice", "--phone", "13800210002"], env=real.env, check=True,
+                           capture_output=True)
+            _enroll_by_upload(real, artifacts, "acct-voice")
+            result = _challenge_call(real, sip_stack, asterisk, artifacts, "trained")
+            attempt = result["attempt"]
+            assert attempt["challenge_heard"] == result["challenge"]
+            assert attempt["raw_score"] is not None and attempt["norm_score"] is not None
+            assert attempt["decision"] in ("accept", "uncertain", "reject")
+    finally:
+        hotline.start()

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ivr.api.auth import allow
 from ivr.api.calls import calls_router
+from ivr.api.console import console_router
 from ivr.api.errors import error_body, install_error_handlers
 from ivr.api.live import live_router
 from ivr.api.routing import rules_router
@@ -98,4 +99,5 @@ def create_app(services: ApiServices | Readiness) -> FastAPI:
     app.include_router(simulate_router(services))
     app.include_router(voiceprint_router(services))
     app.include_router(tokens_router(services))
+    app.include_router(console_router())
     return app
