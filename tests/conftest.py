@@ -79,6 +79,17 @@ def sip_stack() -> Iterator[object]:
         stack.stop()
 
 
+@pytest.fixture(scope="session")
+def tiny_whisper() -> Path:
+    """The tiny random-weight Whisper (CTranslate2), built once and cached."""
+    from asr.testing.tiny_models import TinyModelUnavailable, build_tiny_whisper
+
+    try:
+        return build_tiny_whisper()
+    except TinyModelUnavailable as exc:
+        pytest.skip(f"tiny Whisper model cannot be built here: {exc}")
+
+
 def drop_lazy_speechbrain_modules() -> None:
     """Hypothesis scans ``sys.modules`` for constants; SpeechBrain leaves lazy redirect modules
     there whose attribute access imports optional packages (k2) that are not installed. Once a

@@ -46,17 +46,6 @@ SENTENCE = "Hello, I would like to check my bill for last month, and talk to an 
 
 
 @pytest.fixture(scope="session")
-def tiny_whisper() -> Path:
-    """The tiny random Whisper, built once and cached under ~/.cache/ivr."""
-    from asr.testing.tiny_models import TinyModelUnavailable, build_tiny_whisper
-
-    try:
-        return build_tiny_whisper()
-    except TinyModelUnavailable as exc:
-        pytest.skip(f"cannot build the tiny Whisper model: {exc}")
-
-
-@pytest.fixture(scope="session")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> npt.NDArray[np.int16]:
     """About 5 s of espeak-ng English at 16 kHz mono 16-bit."""
     if not (shutil.which("espeak-ng") and shutil.which("sox")):

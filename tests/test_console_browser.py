@@ -138,16 +138,6 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def tiny_whisper() -> Path:
-    from asr.testing.tiny_models import TinyModelUnavailable, build_tiny_whisper
-
-    try:
-        return build_tiny_whisper()
-    except TinyModelUnavailable as exc:
-        pytest.skip(f"tiny Whisper model cannot be built here: {exc}")
-
-
-@pytest.fixture(scope="module")
 def console_hotline(browser: Browser, asterisk: RunningAsterisk, tiny_whisper: Path,
                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hotline]:
     tmp = tmp_path_factory.mktemp("console")

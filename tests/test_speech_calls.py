@@ -25,16 +25,6 @@ from hotline import Agents, Hotline, running_hotline, wait_until
 pytestmark = [pytest.mark.asterisk, pytest.mark.model, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def tiny_whisper() -> Path:
-    from asr.testing.tiny_models import TinyModelUnavailable, build_tiny_whisper
-
-    try:
-        return build_tiny_whisper()
-    except TinyModelUnavailable as exc:
-        pytest.skip(f"tiny Whisper model cannot be built here: {exc}")
-
-
 def _speech_env(model: Path, tmp: Path) -> dict[str, str]:
     start = random.randrange(47000, 49900, 100)
     return {"IVR_ASR__MODEL_DIR": str(model), "IVR_ASR__LANGUAGE": "en",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Coroutine
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -80,9 +81,33 @@ def live_router(services: ApiServices) -> APIRouter:
             await websocket.close(1011, "no live events in this process")
             return
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-            await _stream(websocket, services, bus, hello)
+            await _until_gone(websocket, _stream(websocket, services, bus, hello))
 
     return router
+
+
+async def _until_gone(websocket: WebSocket, stream: Coroutine[Any, Any, None]) -> None:
+    """Run ``stream`` until it ends or the client goes away.
+
+    The stream only sends, so without a reader a closed connection would be noticed at the next
+    event only: until then its subscription lingers and a server shutdown waits for it.
+    """
+    sending = asyncio.create_task(stream)
+    reading = asyncio.create_task(_until_disconnect(websocket))
+    try:
+        await asyncio.wait((sending, reading), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sending, reading):
+            task.cancel()
+        await asyncio.gather(sending, reading, return_exceptions=True)
+    if not sending.cancelled():
+        sending.result()  # what the stream failed with, if it failed
+
+
+async def _until_disconnect(websocket: WebSocket) -> None:
+    # Clients send nothing after the auth message; anything else is read and ignored.
+    while (await websocket.receive())["type"] != "websocket.disconnect":
+        pass
 
 
 async def _authenticate(websocket: WebSocket) -> tuple[Principal, dict[str, Any]]:

@@ -123,6 +123,8 @@ class HotlineController:
         self.voice = voice
         self.bus = bus
         self.monitoring = Monitoring(creds.app, supervisor_phones)
+        self._acd_pending = False
+        distributor.on_change = self._acd_changed
         self._media_channels: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._reg = _Registry()
@@ -240,7 +242,6 @@ class HotlineController:
         self._reg.by_call.pop(session.call_id, None)
 
     def _wake_waiting(self) -> None:
-        self._publish_acd()
         for call_id in list(self.distributor.waiting):
             session = self._reg.by_call.get(call_id)
             if session is not None:
@@ -350,8 +351,25 @@ class HotlineController:
                                         endpoint.get("state") == "online", len(foreign))
         self._wake_waiting()
 
+    def _acd_changed(self) -> None:
+        # Agents or queues changed: publish once per loop turn however many changes it made.
+        if self.bus is None or self._acd_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._acd_pending = True
+        loop.call_soon(self._publish_acd)
+        # An agent in wrap-up becomes available by the clock alone: publish again then.
+        now = self.distributor.clock()
+        ends = [a.wrap_up_until - now for a in self.distributor.agents.values()
+                if a.wrap_up_until > now]
+        if ends:
+            loop.call_later(min(ends) + 0.05, self._acd_changed)
+
     def _publish_acd(self) -> None:
-        # Agents and queues changed (or may have): the live board redraws its side panel.
+        self._acd_pending = False
         if self.bus is not None:
             self.bus.publish("acd", "", self.distributor.snapshot())
 

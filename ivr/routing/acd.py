@@ -59,6 +59,8 @@ class Distributor:
         self.wrap_up_s = wrap_up_s
         self.agents: dict[str, AgentStatus] = {a.agent_id: a for a in agents}
         self.waiting: dict[str, QueueEntry] = {}
+        # Called after every change of agents or queue (the live board redraws its counts).
+        self.on_change: Callable[[], None] = lambda: None
 
     # -- agents ------------------------------------------------------------------------------
 
@@ -71,6 +73,7 @@ class Distributor:
             agent.idle_since = self.clock()
         agent.registered = registered
         agent.foreign_channels = foreign_channels
+        self.on_change()
 
     def registered_in(self, regions: Sequence[str]) -> bool:
         """Whether any agent of ``regions`` is registered at all (busy or not)."""
@@ -91,12 +94,14 @@ class Distributor:
         entry = self.waiting.get(call_id)
         if entry is not None and not talked:
             entry.excluded.add(agent_id)
+        self.on_change()
 
     def mark_talking(self, agent_id: str, call_id: str) -> None:
         """Restore a connected call after a restart: the agent is busy with it."""
         agent = self.agents.get(agent_id)
         if agent is not None:
             agent.call_id = call_id
+            self.on_change()
 
     # -- queue -------------------------------------------------------------------------------
 
@@ -108,6 +113,7 @@ class Distributor:
             entry = QueueEntry(call_id, priority, joined_at if joined_at is not None
                                else self.clock(), tuple(regions), skill)
             self.waiting[call_id] = entry
+            self.on_change()
         return entry
 
     def widen(self, call_id: str, regions: Sequence[str]) -> None:
@@ -118,7 +124,8 @@ class Distributor:
 
     def leave(self, call_id: str) -> None:
         """The call no longer waits (connected, hung up, or gone to callback)."""
-        self.waiting.pop(call_id, None)
+        if self.waiting.pop(call_id, None) is not None:
+            self.on_change()
 
     def position(self, call_id: str) -> int:
         """1-based place among waiting calls that compete for the same regions."""
@@ -149,6 +156,7 @@ class Distributor:
                    for other in self.waiting.values()):
                 continue
             agent.call_id = call_id
+            self.on_change()
             return agent
         return None
 
