@@ -102,6 +102,8 @@ async def test_caller_and_agent_bridged_hear_each_other(asterisk: RunningAsteris
             if bridge_id:
                 await ari.request("DELETE", f"/bridges/{bridge_id}")
             await tap.aclose()
+            # Unregister: a phone left registered would answer later tests' calls.
+            await asyncio.to_thread(agent.close)
     agent_heard = read_wav(agent.calls[-1].recording)  # type: ignore[arg-type]
     caller_heard = read_wav(artifacts / "caller-heard.wav")
     assert abs(dominant_frequency(agent_heard) - 440.0) < 10.0

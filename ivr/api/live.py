@@ -23,6 +23,7 @@ import json
 from collections.abc import Coroutine
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import HTTPException
 
@@ -90,18 +91,23 @@ async def _until_gone(websocket: WebSocket, stream: Coroutine[Any, Any, None]) -
     """Run ``stream`` until it ends or the client goes away.
 
     The stream only sends, so without a reader a closed connection would be noticed at the next
-    event only: until then its subscription lingers and a server shutdown waits for it.
+    event only: until then its subscription lingers and a server shutdown waits for it. An anyio
+    task group (not bare asyncio tasks) so that the server's own cancellation stays in its scope.
     """
-    sending = asyncio.create_task(stream)
-    reading = asyncio.create_task(_until_disconnect(websocket))
-    try:
-        await asyncio.wait((sending, reading), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (sending, reading):
-            task.cancel()
-        await asyncio.gather(sending, reading, return_exceptions=True)
-    if not sending.cancelled():
-        sending.result()  # what the stream failed with, if it failed
+    async with anyio.create_task_group() as group:
+
+        async def send_all() -> None:
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+                await stream
+            group.cancel_scope.cancel()
+
+        async def watch() -> None:
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+                await _until_disconnect(websocket)
+            group.cancel_scope.cancel()
+
+        group.start_soon(send_all)
+        group.start_soon(watch)
 
 
 async def _until_disconnect(websocket: WebSocket) -> None:
