@@ -173,6 +173,10 @@ def cmd_agents(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """``ivr serve``: controller + API in one process (optionally with its own Asterisk)."""
     from ivr.service import serve
@@ -181,6 +185,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if instance is not None:
         instance.up(settings.asterisk, settings.regions, api_port=settings.api_port)
         log.info("asterisk up", extra={"instance": instance.name, "dir": str(instance.dir)})
+    # uvicorn re-raises the signal it stopped on; SIGTERM's default action would kill the process
+    # before the Asterisk it started is stopped. Treat it like Ctrl-C instead.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         serve(settings)
     finally:

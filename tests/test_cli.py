@@ -108,7 +108,9 @@ def _wait_status(url: str, status: int, timeout: float = 30.0) -> httpx.Response
                          f"{last.status_code if last else None} {last.text if last else ''}")
 
 
-def test_serve_reports_ready_only_while_ari_is_connected(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop_with", [signal.SIGINT, signal.SIGTERM])
+def test_serve_reports_ready_only_while_ari_is_connected(tmp_path: Path,
+                                                        stop_with: signal.Signals) -> None:
     settings = make_test_settings()
     from ivr.asterisk.provision import locate_asterisk
 
@@ -133,12 +135,13 @@ def test_serve_reports_ready_only_while_ari_is_connected(tmp_path: Path) -> None
         instance.up(settings, ("north", "east", "south", "west"))
         _wait_status(f"{base}/ready", 200)
     finally:
-        serve.send_signal(signal.SIGINT)
+        serve.send_signal(stop_with)
         try:
             serve.wait(timeout=30)
         finally:
             if serve.poll() is None:
                 serve.kill()
-        # Ctrl-C on `serve --with-asterisk` stops the Asterisk it started.
+        # Ctrl-C (or a service manager's SIGTERM) on `serve --with-asterisk` stops the
+        # Asterisk it started.
         assert instance.pid() is None
         instance.remove()
