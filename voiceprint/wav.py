@@ -30,7 +30,7 @@ def decode_wav(data: bytes, max_seconds: float = 120.0) -> npt.NDArray[np.float3
             raw = wav.readframes(frames)
     except (wave.Error, EOFError) as exc:
         raise AudioRejected("bad_format", f"not a readable WAV file: {exc}") from None
-    samples = np.frombuffer(raw[: len(raw) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
+    samples = pcm16_to_float(raw)
     if rate != MODEL_RATE:
         samples = resample_poly(samples, MODEL_RATE, rate).astype(np.float32)
     return samples

@@ -62,7 +62,8 @@ def call_out(call: StoredCall, clear: bool = True) -> CallOut:
         hangup_by=call.hangup_by)
 
 
-def _masked_data(data: dict[str, Any]) -> dict[str, Any]:
+def masked_data(data: dict[str, Any]) -> dict[str, Any]:
+    """Event data with phone numbers masked."""
     return {k: (mask_number(v) if k in _NUMBER_KEYS and isinstance(v, str) else v)
             for k, v in data.items()}
 
@@ -118,7 +119,7 @@ def calls_router(services: ApiServices) -> APIRouter:
         clear = await clear_view(principal, unredacted, f"calls/{call.id}")
         events = await asyncio.to_thread(services.need_store().events, call.id)
         return CallDetailOut(**call_out(call, clear).model_dump(), events=[
-            CallEventOut(at=e.at, kind=e.kind, data=e.data if clear else _masked_data(e.data))
+            CallEventOut(at=e.at, kind=e.kind, data=e.data if clear else masked_data(e.data))
             for e in events])
 
     @router.get("/calls/{call_id}/transcript", response_model=list[TranscriptLine])

@@ -28,7 +28,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import HTTPException
 
 from ivr.api.auth import authenticate, token_store
-from ivr.api.calls import mask_number
+from ivr.api.calls import mask_number, masked_data
 from ivr.api.services import ApiServices
 from ivr.auth.tokens import Principal
 from ivr.bus import BusEvent, EventBus
@@ -47,8 +47,7 @@ def redact_event(kind: str, data: dict[str, Any]) -> dict[str, Any]:
         if isinstance(out.get("call"), dict):
             out["call"] = redact_row(out["call"])
         if isinstance(out.get("data"), dict):
-            out["data"] = {k: (mask_number(v) if isinstance(v, str) and k.endswith("number")
-                               else v) for k, v in out["data"].items()}
+            out["data"] = masked_data(out["data"])
         return out
     return data
 

@@ -140,11 +140,6 @@ class Monitoring:
         with contextlib.suppress(AriError):
             await ari.request("DELETE", f"/bridges/{monitor.bridge_id}")
 
-    def active(self, call_id: str | None = None) -> list[Monitor]:
-        """Monitors not yet ended (of one call, or all)."""
-        seen = {id(m): m for m in self._by_channel.values()}
-        return [m for m in seen.values() if call_id is None or m.call_id == call_id]
-
 
 async def _add_channels(ari: AriClient, bridge_id: str, channels: list[str],
                         attempts: int = 40) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ivr.flow.session import CallSession
+from ivr.flow.voice import VerifyVoice
 
 if TYPE_CHECKING:
     from ivr.flow.states import State
@@ -54,8 +55,6 @@ class VerifyCode:
                 await s.play(["verified"], interruptible=False)
                 passed = {**result, "tier1": "passed"}
                 if s.ctx.voice is not None and s.ctx.speech is not None:
-                    from ivr.flow.voice import VerifyVoice
-
                     await s.record("code_passed", {"account_id": account.id},
                                    verification=passed)
                     return VerifyVoice(self.intent, self.source, account.id, passed)
