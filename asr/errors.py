@@ -8,7 +8,8 @@ Exception tree::
     │   ├── ModelNotFound         the model folder does not exist
     │   ├── ModelFilesMissing     the folder lacks model.bin, config.json, tokenizer.json, ...
     │   ├── ModelCorrupt          CTranslate2 or the tokenizer could not load the files
-    │   └── ModelDeviceUnavailable  cuda was asked for and there is no CUDA device
+    │   ├── ModelDeviceUnavailable  cuda was asked for and there is no CUDA device
+    │   └── DefaultModelError     the shipped default Whisper cannot be assembled or verified
     ├── IntentModelError          the intent classifier's training data is unusable
     ├── AsrOverloaded             too many utterances wait for the decoder (request refused)
     ├── EngineClosed              the engine was closed while the request waited
@@ -79,6 +80,10 @@ class ModelCorrupt(ModelError):
 
 class ModelDeviceUnavailable(ModelError):
     """The requested device (``cuda``) is not present on this machine."""
+
+
+class DefaultModelError(ModelError):
+    """The default Whisper's packages are missing, or the assembled files fail their sha256."""
 
 
 class AsrOverloaded(AsrError):

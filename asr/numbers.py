@@ -71,6 +71,13 @@ _TOKEN = re.compile(
 _SEPARATORS = re.compile(r"[\s,\-‐‑‒–—、，()（）]*")
 
 
+# What Whisper is told a caller will say when asked for digits, per language. Measured on
+# espeak-ng Mandarin digit strings through G.711: without it Whisper base wrote words
+# (期待五二零三 for 七三五二零四) and got 2 of 12 answers within one digit; with it 10 of 12.
+# English digits come out right without one.
+DIGIT_PROMPTS: dict[str, str] = {"zh": "一二三四五六七八九零"}
+
+
 def spoken_digits(text: str) -> str:
     """Every digit the speaker said or wrote, in order, as an ASCII digit string."""
     return "".join(span.digits for span in find_number_spans(text))

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -43,6 +44,9 @@ class VadOptions:
     # speech; onsets are not declared until it has adapted (the frames still feed pre-roll).
     warmup_ms: int = 200
     event_queue_size: int = 64
+    # With a second-stage check (Silero): after it rejects an onset, ask again at most this
+    # often while webrtcvad keeps hearing "speech" (music on hold would ask on every frame).
+    recheck_ms: int = 100
 
     def __post_init__(self) -> None:
         if self.aggressiveness not in (0, 1, 2, 3):
@@ -81,9 +85,15 @@ class TurnDetector:
     ``SpeechStarted``, ``SpeechEnded`` and ``Utterance``; ``process`` is the synchronous core.
     """
 
-    def __init__(self, options: VadOptions | None = None) -> None:
+    def __init__(self, options: VadOptions | None = None,
+                 confirm: Callable[[bytes], bool] | None = None) -> None:
+        """``confirm``, when given, gets the audio of each candidate onset (pre-roll + onset
+        window) and says whether it is speech; webrtcvad alone decides otherwise."""
         self.options = options or VadOptions()
         self._vad = webrtcvad.Vad(self.options.aggressiveness)
+        self._confirm = confirm
+        self._recheck_left = 0
+        self.rejected_onsets = 0
         opts = self.options
         self._onset_window = opts.frames(opts.onset_window_ms)
         self._onset_needed = opts.frames(opts.onset_voiced_ms)
@@ -137,6 +147,14 @@ class TurnDetector:
         if sum(f.voiced for f in window) < self._onset_needed:
             return []
         history = list(self._history)
+        if self._confirm is not None:
+            if self._recheck_left > 0:
+                self._recheck_left -= 1
+                return []
+            if not self._confirm(b"".join(f.pcm for f in history)):
+                self.rejected_onsets += 1
+                self._recheck_left = self.options.frames(self.options.recheck_ms) - 1
+                return []
         onset_index = len(history) - len(window)
         while not history[onset_index].voiced:
             onset_index += 1

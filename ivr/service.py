@@ -11,10 +11,12 @@ from pathlib import Path
 
 import uvicorn
 
+from asr import default_model
 from asr.engine import EngineOptions, load_engine
 from asr.errors import AsrError
 from asr.intent import IntentClassifier
 from asr.media.receiver import PortPool
+from asr.silero import SileroOptions, SileroVad
 from ivr.api.app import create_app
 from ivr.api.services import ApiServices
 from ivr.asterisk.instance import AriCredentials, AsteriskInstance
@@ -27,7 +29,7 @@ from ivr.flow.session import Prompts
 from ivr.flow.voice import VoiceTier
 from ivr.metrics import MetricsRecorder
 from ivr.routing.service import RoutingService
-from ivr.settings import Settings
+from ivr.settings import AsrSettings, Settings
 from ivr.speech.listener import SpeechServices
 from ivr.store.db import make_engine, migrate, sqlite_url
 from ivr.store.repository import Store
@@ -80,13 +82,27 @@ def open_store(settings: Settings) -> Store:
     return Store(engine)
 
 
-def default_model_dir(settings: Settings) -> Path | None:
-    """The configured Whisper folder, or the first one under ``models/whisper``."""
+def default_model_dir(settings: Settings) -> Path:
+    """The configured Whisper folder, else the first under ``models/whisper``, else the shipped
+    default (Whisper base, assembled into the cache by ``make setup`` or here, on first use)."""
     if settings.asr.model_dir is not None:
         return settings.asr.model_dir
     root = Path(__file__).resolve().parents[1] / "models" / "whisper"
     folders = sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []
-    return folders[0] if folders else None
+    if folders:
+        return folders[0]
+    return default_model.ready_dir() or default_model.install()
+
+
+def engine_options(asr: AsrSettings, model_dir: Path) -> EngineOptions:
+    """The Whisper engine's options from the ``asr`` settings."""
+    by_language = tuple((language, words) for language, words in
+                        (("zh", asr.hotwords_zh), ("en", asr.hotwords_en)) if words)
+    return EngineOptions(
+        model_dir=model_dir, device=asr.device, language=asr.language,
+        language_switch_floor=asr.language_switch_floor, beam_size=asr.beam_size,
+        log_prob_threshold=asr.log_prob_threshold, initial_prompt=asr.initial_prompt,
+        hotwords=asr.hotwords, hotwords_by_language=by_language)
 
 
 async def load_speech(settings: Settings, store: Store, readiness: Readiness,
@@ -95,25 +111,35 @@ async def load_speech(settings: Settings, store: Store, readiness: Readiness,
     if not settings.asr.enabled:
         readiness.degrade("asr", "speech disabled by configuration: keypad only")
         return None
-    model_dir = default_model_dir(settings)
-    if model_dir is None:
-        readiness.degrade("asr", "no Whisper model in models/whisper: keypad only")
-        log.warning("no speech model; keypad-only mode")
+    try:
+        model_dir = await asyncio.to_thread(default_model_dir, settings)
+    except AsrError as exc:
+        readiness.degrade("asr", f"no usable Whisper model, keypad only: {exc}")
+        log.warning("no speech model; keypad-only mode", extra={"error": str(exc)})
         return None
     try:
-        engine = await asyncio.to_thread(load_engine, EngineOptions(
-            model_dir=model_dir, device=settings.asr.device, language=settings.asr.language,
-            hotwords=settings.asr.hotwords))
+        engine = await asyncio.to_thread(load_engine, engine_options(settings.asr, model_dir))
         classifier = await asyncio.to_thread(IntentClassifier.default)
     except (AsrError, IvrError) as exc:
         readiness.degrade("asr", f"speech model unusable, keypad only: {exc}")
         log.warning("speech model unusable; keypad-only mode", extra={"error": str(exc)})
         return None
+    onset_check = None
+    if settings.asr.onset_check == "silero":
+        try:
+            silero = await asyncio.to_thread(
+                SileroVad, SileroOptions(threshold=settings.asr.silero_threshold,
+                                      min_chunks=settings.asr.silero_min_chunks))
+            onset_check = silero.is_speech
+        except (AsrError, OSError, RuntimeError) as exc:  # onnxruntime raises plain errors
+            readiness.degrade("vad", f"Silero VAD unusable, barge-in on webrtcvad alone: {exc}")
+            log.warning("silero vad unusable", extra={"error": str(exc)})
     log.info("speech path ready", extra={"model": engine.model_name, "device": engine.device})
     return SpeechServices(engine, classifier,
                           PortPool(settings.asr.rtp_port_start, settings.asr.rtp_port_end),
                           store, bus or EventBus(), settings.asr,
-                          redact_stored=settings.privacy.store_transcripts == "redacted")
+                          redact_stored=settings.privacy.store_transcripts == "redacted",
+                          onset_check=onset_check)
 
 
 def default_ecapa_dir(settings: Settings) -> Path | None:
@@ -167,6 +193,7 @@ async def load_voice_tier(settings: Settings, store: Store, readiness: Readiness
         log.warning("voiceprint model unusable", extra={"error": str(exc)})
         return None
     options = VoiceprintOptions(
+        challenge_max_errors=vp.challenge_max_errors,
         thresholds=Thresholds(accept=vp.accept_threshold, reject=vp.reject_threshold),
         min_enroll_speech_s=vp.min_enroll_speech_s, min_verify_speech_s=vp.min_verify_speech_s,
         retain_audio=timedelta(days=vp.retain_audio_days) if vp.retain_audio_days else None)

@@ -95,10 +95,28 @@ class AsrSettings(BaseModel):
     """The speech path: model, device and the controller's RTP ports for ExternalMedia."""
 
     enabled: bool = True
-    model_dir: Path | None = None  # None: models/whisper/<first folder>, if any
+    model_dir: Path | None = None  # None: models/whisper/<first folder>, else Whisper base
     device: Literal["auto", "cuda", "cpu"] = "auto"
+    # None: Whisper detects each utterance's language. Otherwise each leg is heard in its call's
+    # menu language (greeting language, 9 toggles), this value only where a call has none.
     language: str | None = "zh"
-    hotwords: str | None = None
+    # The call's menu language is forced, unless Whisper's language detection is at least this
+    # sure of the other menu language (an English caller who never pressed 9); None: forced.
+    language_switch_floor: float | None = Field(0.6, ge=0, le=1)
+    beam_size: int = Field(5, ge=1, le=10)
+    # Whisper's own guard; -1.0 dropped a third of intelligible telephone Mandarin (measured).
+    log_prob_threshold: float | None = -1.5
+    # Domain vocabulary through Whisper's prompt. Off by default: on the spoken set it made the
+    # base model write prompt words into unclear audio (scripts/bench_asr.py --sections prompts).
+    initial_prompt: str | None = None
+    hotwords: str | None = None  # every language
+    hotwords_zh: str | None = None
+    hotwords_en: str | None = None
+    # Barge-in: webrtcvad onsets confirmed by Silero VAD ("silero") or webrtcvad alone ("none");
+    # scripts/bench_asr.py --sections turns measures both.
+    onset_check: Literal["silero", "none"] = "silero"
+    silero_threshold: float = Field(0.85, gt=0, lt=1)
+    silero_min_chunks: int = Field(2, ge=1, le=10)  # 32 ms chunks at the threshold
     # Where Asterisk sends each call's audio (slin16 RTP); one port per listened leg.
     rtp_port_start: int = Field(46000, ge=1024, le=65535)
     rtp_port_end: int = Field(46999, ge=1024, le=65535)
@@ -134,6 +152,8 @@ class VoiceprintSettings(BaseModel):
     min_verify_speech_s: float = Field(1.0, gt=0)
     challenge_digits: int = Field(6, ge=4, le=10)
     challenge_attempts: int = Field(2, ge=1, le=5)
+    # Recognition errors (digit edits) a spoken challenge may have and still count as said.
+    challenge_max_errors: int = Field(1, ge=0, le=3)
     answer_timeout_s: float = Field(8.0, gt=0)  # to start speaking after a prompt
     enroll_phrases: int = Field(3, ge=1, le=10)
     # Raw enrollment/attempt audio is kept only when this is > 0 (sealed, deleted after expiry).

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -52,6 +53,9 @@ import numpy.typing as npt
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import asr_quality  # noqa: E402
+
+from asr import default_model  # noqa: E402
 from asr.batcher import BatcherStats  # noqa: E402
 from asr.engine import AsrEngine, Device, EngineOptions, load_engine  # noqa: E402
 from asr.frames import SpeechEnded, Utterance  # noqa: E402
@@ -59,6 +63,8 @@ from asr.intent import IntentClassifier  # noqa: E402
 from asr.media import PortPool, RtpOptions, RtpReceiver  # noqa: E402
 from asr.testing.tiny_models import build_tiny_whisper  # noqa: E402
 from asr.vad import TurnDetector, VadOptions, measure_frame_cost_us  # noqa: E402
+from ivr.service import engine_options  # noqa: E402
+from ivr.settings import AsrSettings  # noqa: E402
 
 log = logging.getLogger("bench_asr")
 
@@ -69,7 +75,7 @@ PAYLOAD_TYPE = 118  # Asterisk's dynamic payload type for slin16 (RtpOptions def
 LEAD_SILENCE_S = 0.5  # longer than the VAD warm-up, so the onset is judged on a settled VAD
 TAIL_SILENCE_S = 1.5  # after the hang-over, so every utterance closes on silence
 BATCH_UTTERANCES = 32
-SECTIONS = ("latency", "batching", "ingest")
+SECTIONS = ("latency", "batching", "ingest", "wer", "accuracy", "concurrency")
 
 Pcm = npt.NDArray[np.int16]
 
@@ -189,10 +195,16 @@ class ModelChoice:
     device: Device
 
 
+def engine_settings(model: ModelChoice) -> EngineOptions:
+    """The service's own engine settings (ivr.settings.AsrSettings defaults) on ``model``."""
+    shipped = engine_options(AsrSettings.model_validate({}), model.folder)
+    return dataclasses.replace(shipped, device=model.device)
+
+
 def open_engine(model: ModelChoice, *, batch: bool, max_batch_size: int = 16) -> AsrEngine:
-    """Load an engine on the chosen model; batching on or off."""
-    return load_engine(EngineOptions(model_dir=model.folder, device=model.device, batch=batch,
-                                     max_batch_size=max_batch_size))
+    """Load an engine on the chosen model with the service's settings; batching on or off."""
+    return load_engine(dataclasses.replace(engine_settings(model), batch=batch,
+                                           max_batch_size=max_batch_size))
 
 
 async def warm_up(engine: AsrEngine, clip: Clip) -> None:
@@ -542,7 +554,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--streams", default="1,10,50", help="comma-separated ingest levels")
     parser.add_argument("--ingest-seconds", type=float, default=10.0)
     parser.add_argument("--model-dir", type=Path, default=None,
-                        help="CTranslate2 Whisper folder (default: the tiny random model)")
+                        help="CTranslate2 Whisper folder (default: the shipped Whisper base)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="the tiny random-weight model (pipeline costs only)")
+    parser.add_argument("--wer-prompts", type=int, default=0, help="0: every usable prompt")
+    parser.add_argument("--variants", default="shipped,detect_language,forced_no_switch,"
+                        "zh_hotwords,zh_initial_prompt,greedy,log_prob_-1.0,float32")
+    parser.add_argument("--every", type=int, default=1,
+                        help="accuracy on every n-th spoken request (1: all 360)")
+    parser.add_argument("--callers", default="1,2,4,6,8,12,16",
+                        help="concurrency levels: callers finishing speech at once")
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
     parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument("--port-range", default="41000-41998")
@@ -562,10 +584,11 @@ async def run(args: argparse.Namespace, clips: Sequence[Clip]) -> dict[str, Any]
     out: dict[str, Any] = {}
     if "ingest" in args.section_list:
         out["ingest"] = await bench_ingest(args.levels, args.ingest_seconds, clips, args.ports)
-    if not {"latency", "batching"} & set(args.section_list):
+    if not {"latency", "batching", "wer", "accuracy", "concurrency"} & set(args.section_list):
         return out
-    tiny = args.model_dir is None
-    folder = build_tiny_whisper() if tiny else args.model_dir.expanduser().resolve()
+    tiny = bool(args.tiny)
+    folder = (build_tiny_whisper() if tiny else args.model_dir.expanduser().resolve()
+              if args.model_dir else default_model.install())
     # A folder with the tiny recipe's RECIPE file is the random model even when named by hand.
     tiny = tiny or (folder / "RECIPE").is_file()
     model = ModelChoice(folder, tiny, args.device)
@@ -585,6 +608,18 @@ async def run(args: argparse.Namespace, clips: Sequence[Clip]) -> dict[str, Any]
         out["latency"]["classifier_training_s_excluded"] = round(train_s, 3)
     if "batching" in args.section_list:
         out["batching"] = await bench_batching(model, clips)
+    settings = engine_settings(model)
+    out["engine_settings"] = {"beam_size": settings.beam_size, "language_switch_floor":
+                              settings.language_switch_floor, "log_prob_threshold":
+                              settings.log_prob_threshold, "compute_type": probe.compute_type}
+    if "wer" in args.section_list:
+        out["wer"] = await asr_quality.bench_wer(settings, args.wer_prompts)
+    if "accuracy" in args.section_list:
+        out["accuracy"] = await asr_quality.bench_accuracy(
+            settings, [v for v in args.variants.split(",") if v], args.every)
+    if "concurrency" in args.section_list:
+        out["concurrency"] = await asr_quality.bench_concurrency(
+            settings, [int(x) for x in args.callers.split(",")], args.rounds)
     return out
 
 

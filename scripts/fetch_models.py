@@ -104,8 +104,10 @@ def run(args: argparse.Namespace) -> int:
     """Fetch and verify; returns the exit status."""
     models_dir: Path = args.models_dir
     manifest = json.loads((args.manifest or models_dir / "manifest.json").read_text())
-    chosen = [m for m in manifest["models"] if not args.only or m["name"] in args.only]
-    unknown = set(args.only or ()) - {m["name"] for m in manifest["models"]}
+    # Hub models only; the default Whisper comes from registry packages (asr.default_model).
+    hub_models = [m for m in manifest["models"] if "repo" in m]
+    chosen = [m for m in hub_models if not args.only or m["name"] in args.only]
+    unknown = set(args.only or ()) - {m["name"] for m in hub_models}
     if unknown:
         raise FetchError(f"fetch_models: unknown model(s) {', '.join(sorted(unknown))}", 1)
     lock_path = models_dir / LOCK_NAME

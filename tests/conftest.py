@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -88,6 +88,27 @@ def tiny_whisper() -> Path:
         return build_tiny_whisper()
     except TinyModelUnavailable as exc:
         pytest.skip(f"tiny Whisper model cannot be built here: {exc}")
+
+
+@pytest.fixture(scope="session")
+def trained_whisper() -> Path:
+    """The shipped default Whisper (base), assembled and verified by ``make setup``."""
+    from asr import default_model
+
+    return default_model.install()
+
+
+@pytest.fixture(scope="session")
+def spoken_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Any]]:
+    """The labelled spoken requests (tests/data/spoken_requests.yaml) and their folder."""
+    from asr.testing.speech import SynthesisUnavailable, build_set, cache_root
+
+    folder = cache_root() / "spoken-requests"
+    try:
+        return folder, build_set(Path(__file__).parent / "data" / "spoken_requests.yaml",
+                                 folder)
+    except SynthesisUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 def drop_lazy_speechbrain_modules() -> None:

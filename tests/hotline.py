@@ -155,9 +155,14 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def hotline_env(asterisk: RunningAsterisk, data_dir: Path, **extra: str) -> dict[str, str]:
-    """Environment for `ivr serve` against the test Asterisk, with short test timings."""
+    """Environment for `ivr serve` against the test Asterisk, with short test timings.
+
+    Keypad only unless the test names a Whisper model (``IVR_ASR__MODEL_DIR``) or asks for the
+    shipped default (``IVR_ASR__ENABLED=true``): the trained model costs CPU on every call."""
+    speech = "true" if "IVR_ASR__MODEL_DIR" in extra else "false"
     return {
         **os.environ,
+        "IVR_ASR__ENABLED": speech,
         "IVR_ASTERISK__INSTANCE": asterisk.instance.name,
         "IVR_API_PORT": str(free_port()),
         "IVR_DATA_DIR": str(data_dir),

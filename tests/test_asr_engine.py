@@ -316,8 +316,10 @@ def test_fetch_models_fails_fast_offline(tmp_path: Path, env: dict[str, str]) ->
 def test_manifest_names_the_defaults() -> None:
     manifest = json.loads((ROOT / "models" / "manifest.json").read_text())
     by_role = {m["role"]: m for m in manifest["models"]}
-    assert by_role["gpu-default"]["compute_type"] == "float16"
-    assert by_role["cpu-default"]["repo"] == "Systran/faster-whisper-small"
+    assert by_role["gpu-option"]["compute_type"] == "float16"
+    assert by_role["default"]["source"]["assemble"] == {"model.bin": ["model.bin.part1",
+                                                                      "model.bin.part2"]}
+    assert all(len(digest) == 64 for digest in by_role["default"]["files"].values())
     assert by_role["voiceprint"]["repo"] == "speechbrain/spkrec-ecapa-voxceleb"
     for model in manifest["models"]:
         assert model["files"], model["name"]

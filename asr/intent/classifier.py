@@ -37,6 +37,9 @@ LANGUAGES: tuple[str, ...] = ("zh", "en")
 DEFAULT_THRESHOLD = 0.5
 DATA_DIR = Path(__file__).resolve().parent / "data"
 TRAIN_PATH = DATA_DIR / "train.yaml"
+# What the default Whisper heard when train.yaml was spoken over a phone line
+# (scripts/collect_asr_outputs.py): teaches the classifier that model's real errors.
+ASR_OUTPUTS_PATH = DATA_DIR / "asr_outputs.yaml"
 # Caller utterances are short; a runaway line must not cost seconds of feature extraction.
 MAX_TEXT_CHARS = 1000
 
@@ -312,7 +315,10 @@ class IntentClassifier:
         global _default
         with _default_lock:
             if _default is None:
-                _default = cls.train(load_phrases(TRAIN_PATH))
+                phrases = load_phrases(TRAIN_PATH)
+                if ASR_OUTPUTS_PATH.is_file():
+                    phrases += load_phrases(ASR_OUTPUTS_PATH)
+                _default = cls.train(phrases)
             return _default
 
     def classify(self, text: str, threshold: float = DEFAULT_THRESHOLD) -> IntentResult:

@@ -17,6 +17,8 @@ from functools import lru_cache
 
 from pypinyin import lazy_pinyin
 
+from asr.text import to_simplified
+
 # Longer variants first where one contains another; applied after punctuation is stripped.
 _ZH_VARIANTS: tuple[tuple[str, str], ...] = (
     ("帐单", "账单"),
@@ -133,7 +135,8 @@ _EN_FUNCTION_WORDS = frozenset(
 
 def normalize(text: str) -> str:
     """Fold an ASR transcript into the canonical form the features are built from."""
-    text = unicodedata.normalize("NFKC", text).lower()  # NFKC maps full-width to half-width
+    # NFKC maps full-width to half-width; Traditional characters fold into Simplified.
+    text = to_simplified(unicodedata.normalize("NFKC", text).lower())
     text = _APOSTROPHE.sub("", text)
     text = _PUNCTUATION.sub(" ", text)
     text = _SPACES.sub(" ", text).strip()

@@ -393,6 +393,8 @@ async def listen(s: CallSession, channel_id: str | None, speaker: str) -> None:
     listener = LegListener(speech, s.ctx.ari, s.ctx.app, s.call_id, channel_id, speaker,
                            s.call.started_at, s.deliver if speaker == "caller" else None,
                            s.ctx.ignore_channel)
+    if speech.settings.language is not None:
+        listener.language = s.language  # the call's menu language (9 switches it)
     try:
         await listener.start()
     except AriUnavailableError:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from asr.numbers import spoken_digits
+from asr.numbers import DIGIT_PROMPTS, spoken_digits
 from ivr.flow.events import Dtmf, SpeechStarted, Spoken
 from ivr.flow.session import CallSession
 from ivr.settings import VoiceprintSettings
@@ -67,6 +67,13 @@ async def hear_answer(s: CallSession, asked_at: float, within_s: float) -> Spoke
             return event
 
 
+def expect_digits(s: CallSession, prompt: str | None) -> None:
+    """Tell the caller's recogniser that digits come next (``prompt``), or no longer."""
+    for listener in s.listeners:
+        if listener.speaker == "caller":
+            listener.prompt = prompt
+
+
 def challenge_prompts(digits: str) -> list[str]:
     """Prompt keys that read the challenge digit by digit."""
     return [f"digit_{d}" for d in digits]
@@ -103,10 +110,15 @@ class VerifyVoice:
             # could know them before the call (so a recording cannot say them).
             await s.record("voice_challenge", {"attempt": attempt, "challenge": digits})
             intro = "voice_challenge" if attempt == 1 else "voice_retry"
-            await s.play([intro, *challenge_prompts(digits), "voice_go"], interruptible=False)
-            asked_at = s.ctx.clock()
-            await s.record("voice_listening", {"attempt": attempt})
-            answer = await hear_answer(s, asked_at, settings.answer_timeout_s)
+            expect_digits(s, DIGIT_PROMPTS.get(s.language))
+            try:
+                await s.play([intro, *challenge_prompts(digits), "voice_go"],
+                             interruptible=False)
+                asked_at = s.ctx.clock()
+                await s.record("voice_listening", {"attempt": attempt})
+                answer = await hear_answer(s, asked_at, settings.answer_timeout_s)
+            finally:
+                expect_digits(s, None)
             if answer is None:
                 await s.record("voice_no_answer", {"attempt": attempt})
                 continue

@@ -50,6 +50,8 @@ class SpeechServices:
     vad: VadOptions = field(default_factory=VadOptions)
     # privacy.store_transcripts == "redacted": personal data never reaches the database.
     redact_stored: bool = False
+    # Second opinion on each webrtcvad onset (Silero); None: webrtcvad alone.
+    onset_check: Callable[[bytes], bool] | None = None
 
 
 class LegListener:
@@ -75,6 +77,8 @@ class LegListener:
         self.port: int | None = None
         self.receiver: RtpReceiver | None = None
         self.language: str | None = services.settings.language
+        # What the caller is asked to say right now (the flow sets it, e.g. challenge digits).
+        self.prompt: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._offset_s = 0.0
@@ -120,7 +124,7 @@ class LegListener:
 
     async def _listen(self) -> None:
         assert self.receiver is not None
-        detector = TurnDetector(self.services.vad)
+        detector = TurnDetector(self.services.vad, self.services.onset_check)
         folder = self.services.settings.debug_audio_dir
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
@@ -162,7 +166,7 @@ class LegListener:
         try:
             transcript = await self.services.engine.transcribe_partial(
                 pcm, call_id=self.call_id, language=self.language,
-                offset_s=self._offset_s + start_s)
+                offset_s=self._offset_s + start_s, prompt=self.prompt)
         except AsrError:
             return  # partials are best effort; the final transcript is what is stored
         finally:
@@ -178,7 +182,7 @@ class LegListener:
         try:
             transcript = await services.engine.transcribe(
                 utterance.pcm, call_id=self.call_id, language=self.language,
-                offset_s=self._offset_s + utterance.audio_start_s)
+                offset_s=self._offset_s + utterance.audio_start_s, prompt=self.prompt)
         except AsrError as exc:
             log.warning("utterance not recognised", extra={"call_id": self.call_id,
                                                            "error": type(exc).__name__})

@@ -1,0 +1,270 @@
+"""Sections of scripts/bench_asr.py that need a trained model: WER, spoken-intent accuracy
+under several engine settings, and end of speech -> intent with several callers at once.
+
+Audio: Asterisk's real English prompts (asterisk-core-sounds-en-wav, transcripts in
+asterisk-core-sounds-en) and the labelled spoken requests (tests/data/spoken_requests.yaml,
+asr/testing/speech.py), all through the G.711 telephone channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gzip
+import re
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asr.engine import AsrEngine, EngineOptions, load_engine
+from asr.frames import Utterance
+from asr.intent import IntentClassifier
+from asr.testing.speech import (
+    SpokenRequest,
+    build_set,
+    cache_root,
+    read_wav_16k,
+    telephone,
+)
+from asr.vad import TurnDetector, VadOptions
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = Path("/usr/share/asterisk/sounds/en")
+TRANSCRIPTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
+RATE = 16000
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words without punctuation (digits kept), for WER."""
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " ")).split()
+
+
+def edits(ref: Sequence[str], hyp: Sequence[str]) -> int:
+    """Levenshtein distance over words."""
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1]
+
+
+def prompt_pairs(limit: int) -> list[tuple[Path, str]]:
+    """Asterisk prompts with plain-sentence transcripts (no [sound] descriptions, no digits)."""
+    if not TRANSCRIPTS.is_file():
+        raise SystemExit("asterisk-core-sounds-en(-wav) not installed (make setup installs it)")
+    pairs = []
+    for line in gzip.open(TRANSCRIPTS, "rt", encoding="utf-8"):
+        name, sep, text = line.partition(":")
+        if sep and "[" not in text and "/" not in name and (PROMPTS / f"{name}.wav").is_file() \
+                and len(words(text)) >= 2 and not re.search(r"\d", text):
+            pairs.append((PROMPTS / f"{name}.wav", text.strip()))
+    return pairs[:: max(1, len(pairs) // limit)][:limit] if limit else pairs
+
+
+async def _transcribe_all(engine: AsrEngine, audios: Sequence[Any], languages: Sequence[str],
+                          concurrency: int = 8) -> list[Any]:
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> Any:
+        async with slots:
+            return await engine.transcribe(audios[i], call_id=str(i), language=languages[i])
+
+    return list(await asyncio.gather(*(one(i) for i in range(len(audios)))))
+
+
+async def bench_wer(options: EngineOptions, limit: int) -> dict[str, Any]:
+    """English WER on Asterisk's real prompts through G.711 (8 kHz mu-law)."""
+    pairs = prompt_pairs(limit)
+    audios = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n, (wav, _) in enumerate(pairs):
+            line = Path(tmp) / f"{n}.wav"
+            telephone(wav, line, snr_db=None, seed=n)
+            audios.append(read_wav_16k(line))
+    engine = load_engine(options)
+    started = time.perf_counter()
+    try:
+        results = await _transcribe_all(engine, audios, ["en"] * len(audios))
+    finally:
+        await engine.aclose()
+    errors = sum(edits(words(ref), words(r.text)) for (_, ref), r in zip(pairs, results,
+                                                                           strict=True))
+    total = sum(len(words(ref)) for _, ref in pairs)
+    worst = sorted(((edits(words(ref), words(r.text)) / max(1, len(words(ref))), ref, r.text)
+                    for (_, ref), r in zip(pairs, results, strict=True)), reverse=True)[:5]
+    return {"prompts": len(pairs), "words": total, "wer": round(errors / max(1, total), 4),
+            "channel": "G.711 mu-law 8 kHz, upsampled to 16 kHz",
+            "seconds": round(time.perf_counter() - started, 1),
+            "worst": [{"wer": round(w, 2), "ref": ref, "hyp": hyp} for w, ref, hyp in worst]}
+
+
+def spoken_requests() -> tuple[Path, list[SpokenRequest]]:
+    """The labelled spoken set (built once into the cache)."""
+    folder = cache_root() / "spoken-requests"
+    return folder, build_set(ROOT / "tests" / "data" / "spoken_requests.yaml", folder)
+
+
+async def accuracy_of(options: EngineOptions, items: Sequence[SpokenRequest], folder: Path,
+                      classifier: IntentClassifier, menu: str | None) -> dict[str, Any]:
+    """Intent accuracy by language of one engine configuration; ``menu`` forces a language."""
+    engine = load_engine(options)
+    audios = [read_wav_16k(folder / item.wav) for item in items]
+    languages = [menu or item.language for item in items]
+    started = time.perf_counter()
+    try:
+        results = await _transcribe_all(engine, audios, languages)
+    finally:
+        await engine.aclose()
+    seconds = time.perf_counter() - started
+    got = [classifier.classify(r.text).intent if not r.dropped else "unknown" for r in results]
+    out: dict[str, Any] = {"utterances": len(items), "s_per_utterance":
+                           round(seconds / max(1, len(items)), 3)}
+    for language in ("zh", "en"):
+        mine = [(item, g, r) for item, g, r in zip(items, got, results, strict=True)
+                if item.language == language]
+        if not mine:
+            continue
+        out[language] = {
+            "accuracy": round(sum(item.intent == g for item, g, _ in mine) / len(mine), 3),
+            "dropped": sum(r.dropped for _, _, r in mine),
+            "heard_as_other_language": sum(r.language != language for _, _, r in mine),
+            "confusions": dict(Counter(f"{item.intent}->{g}" for item, g, _ in mine
+                                       if item.intent != g).most_common(6))}
+    return out
+
+
+ZH_HOTWORDS = "账单 发票 扣费 账号 密码 被盗 登录 宕机 故障 工单 进度 扩容 带宽 投诉 人工客服 套餐"
+
+
+def variants(base: EngineOptions) -> dict[str, tuple[EngineOptions, bool]]:
+    """Engine settings compared on the spoken set: name -> (options, menu language forced)."""
+    r = dataclasses.replace
+    return {
+        "shipped": (base, True),
+        "detect_language": (r(base, language_switch_floor=None), False),
+        "forced_no_switch": (r(base, language_switch_floor=None), True),
+        "zh_hotwords": (r(base, hotwords_by_language=(("zh", ZH_HOTWORDS),)), True),
+        "zh_initial_prompt": (r(base, initial_prompt="您好，这里是客服热线，请问有什么可以帮您？"),
+                              True),
+        "greedy": (r(base, beam_size=1), True),
+        "log_prob_-1.0": (r(base, log_prob_threshold=-1.0), True),
+        "float32": (r(base, compute_type="float32"), True),
+    }
+
+
+async def bench_accuracy(base: EngineOptions, names: Sequence[str], every: int
+                         ) -> dict[str, Any]:
+    """Spoken-intent accuracy of each variant on the same requests (every ``every``-th)."""
+    folder, items = spoken_requests()
+    chosen = items[::every]
+    classifier = IntentClassifier.default()
+    out: dict[str, Any] = {"requests": len(chosen), "of": len(items), "variants": {}}
+    for name in names:
+        options, forced = variants(base)[name]
+        # detect_language: the engine's own detection on every utterance (menu not used).
+        result = await accuracy_of(options if forced else dataclasses.replace(
+            options, language=None), chosen, folder, classifier,
+            None if forced else "")
+        out["variants"][name] = result
+    mixed = dataclasses.replace(base)
+    # An English caller who never pressed 9 (Mandarin menu): the shipped switch vs none.
+    english = [i for i in chosen if i.language == "en"]
+    out["english_in_mandarin_menu"] = {
+        "shipped_switch": (await accuracy_of(mixed, english, folder, classifier, "zh"))["en"],
+        "no_switch": (await accuracy_of(dataclasses.replace(base, language_switch_floor=None),
+                                        english, folder, classifier, "zh"))["en"]}
+    return out
+
+
+def _turn(audio: np.ndarray[Any, Any]) -> tuple[Utterance | None, float]:
+    """The VAD's utterance of a clip and its hang-over (event time minus true end of speech)."""
+    options = VadOptions()
+    pcm = np.clip(audio * 32768, -32768, 32767).astype("<i2")
+    loud = np.flatnonzero(np.abs(pcm) > 0.05 * np.abs(pcm).max())
+    true_end = (loud[-1] + 1) / RATE if loud.size else 0.0
+    detector = TurnDetector(options)
+    frame = options.frame_bytes // 2
+    padded = np.concatenate([pcm, np.zeros(RATE * 2, "<i2")])
+    for k in range(len(padded) // frame):
+        for event in detector.process(padded[k * frame:(k + 1) * frame].tobytes(),
+                                      k * frame / RATE):
+            if isinstance(event, Utterance):
+                return event, (k + 1) * frame / RATE - true_end
+    return None, 0.0
+
+
+async def bench_concurrency(options: EngineOptions, levels: Sequence[int], rounds: int,
+                            limit_s: float = 1.5) -> dict[str, Any]:
+    """End of speech -> intent when N callers finish speaking at the same moment."""
+    folder, items = spoken_requests()
+    classifier = IntentClassifier.default()
+    pool = []
+    for item in items[::5]:
+        utterance, hangover = _turn(read_wav_16k(folder / item.wav))
+        if utterance is not None:
+            pool.append((item, utterance, hangover))
+    engine = load_engine(options)
+    out: dict[str, Any] = {"levels": {}, "rounds": rounds, "limit_p95_s": limit_s}
+    try:
+        await engine.transcribe(pool[0][1].pcm, call_id="warm", language="zh")
+        k = 0
+        for level in levels:
+            totals: list[float] = []
+            waits: list[float] = []
+            decodes: list[float] = []
+            hangovers: list[float] = []
+            classify: list[float] = []
+            for _ in range(rounds):
+                batch = [pool[(k + i) % len(pool)] for i in range(level)]
+                k += level
+                before = engine.stats
+                started = time.perf_counter()
+
+                walls = await asyncio.gather(*(
+                    _decided(engine, classifier, e, n, started, classify)
+                    for n, e in enumerate(batch)))
+                after = engine.stats
+                batches = max(1, sum(after.batch_sizes.values()) - sum(
+                    before.batch_sizes.values()))
+                decode_per_batch = (after.decode_s - before.decode_s) / batches
+                for (_, _, hangover), wall in zip(batch, walls, strict=True):
+                    hangovers.append(hangover)
+                    decodes.append(min(wall, decode_per_batch))
+                    waits.append(max(0.0, wall - decode_per_batch))
+                    totals.append(hangover + wall)
+            out["levels"][str(level)] = {
+                "end_of_speech_to_intent_s": _pcts(totals),
+                "vad_hangover_s": _pcts(hangovers), "queueing_s": _pcts(waits),
+                "decoding_s": _pcts(decodes), "classification_ms": round(
+                    1000 * float(np.median(classify)), 2)}
+        fits = [lv for lv in levels
+                if out["levels"][str(lv)]["end_of_speech_to_intent_s"]["p95"] <= limit_s]
+        out["most_callers_with_p95_under_limit"] = max(fits) if fits else 0
+        out["notes"] = ["queueing = time to the result minus the decode time of one batch "
+                        "(waiting behind earlier batches and the batch window)",
+                        "every caller's utterance ends at the same moment: the worst case"]
+    finally:
+        await engine.aclose()
+    return out
+
+
+async def _decided(engine: AsrEngine, classifier: IntentClassifier, entry: Any, n: int,
+                   started: float, classify: list[float]) -> float:
+    """Seconds from ``started`` to this caller's transcript; classification timed apart."""
+    item, utterance, _ = entry
+    result = await engine.transcribe(utterance.pcm, call_id=f"c{n}", language=item.language)
+    done = time.perf_counter()
+    classifier.classify(result.text)
+    classify.append(time.perf_counter() - done)
+    return done - started
+
+
+def _pcts(values: Sequence[float]) -> dict[str, float]:
+    return {"p50": round(float(np.percentile(values, 50)), 3),
+            "p95": round(float(np.percentile(values, 95)), 3)}
