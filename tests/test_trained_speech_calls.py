@@ -68,7 +68,7 @@ def test_spoken_request_routes_by_intent_and_region(
         spoken_set: tuple[Path, list[Any]], text: str, language: str, number: str,
         region: str) -> None:
     folder, items = spoken_set
-    item = next(i for i in items if i.text == text and i.language == language)
+    item = next(i for i in items if i.text.lower() == text.lower() and i.language == language)
     wav = _line_audio(item, folder, artifacts / f"request-{language}.wav")
     call = sip_stack.caller(number, asterisk.pbx).dial(asterisk.state.hotline_number)
     call.wait_connected()

@@ -141,6 +141,14 @@ def training_runs() -> int:
     return _training_runs
 
 
+def default_phrases() -> list[LabelledPhrase]:
+    """The shipped training phrases: written ones plus what the default Whisper heard."""
+    phrases = load_phrases(TRAIN_PATH)
+    if ASR_OUTPUTS_PATH.is_file():
+        phrases += load_phrases(ASR_OUTPUTS_PATH)
+    return phrases
+
+
 def load_phrases(path: Path) -> list[LabelledPhrase]:
     """Read labelled phrases from YAML shaped ``{intent: {language: [phrase, ...]}}``."""
     try:
@@ -315,10 +323,7 @@ class IntentClassifier:
         global _default
         with _default_lock:
             if _default is None:
-                phrases = load_phrases(TRAIN_PATH)
-                if ASR_OUTPUTS_PATH.is_file():
-                    phrases += load_phrases(ASR_OUTPUTS_PATH)
-                _default = cls.train(phrases)
+                _default = cls.train(default_phrases())
             return _default
 
     def classify(self, text: str, threshold: float = DEFAULT_THRESHOLD) -> IntentResult:

@@ -253,8 +253,26 @@ def extract_features(normalized: str) -> list[str]:
             for size in range(3, 6):
                 features.extend(f"g{padded[i : i + size]}" for i in range(len(padded) - size + 1))
     for run in _CJK_RUN.findall(normalized):
-        features.extend(_ngrams("p", list(_pinyin(run)), 1, 2))
+        syllables = _pinyin(run)
+        features.extend(_ngrams("p", list(syllables), 1, 2))
+        features.extend(_ngrams("q", [_fuzzy(s) for s in syllables], 1, 2))
     return features
+
+
+@lru_cache(maxsize=4096)
+def _fuzzy(syllable: str) -> str:
+    """A toneless syllable with the distinctions Whisper base loses on telephone Mandarin
+    folded away (zh/z, ch/c, sh/s, n/l, -ng/-n, initial dropped after a glide): 账号 heard as
+    善豪 or 片奥 still shares 'san ao'-like keys with the request."""
+    for retroflex, flat in (("zh", "z"), ("ch", "c"), ("sh", "s")):
+        if syllable.startswith(retroflex):
+            syllable = flat + syllable[2:]
+            break
+    if syllable.startswith("n"):
+        syllable = "l" + syllable[1:]
+    if syllable.endswith("ng"):
+        syllable = syllable[:-1]
+    return syllable
 
 
 def _ngrams(prefix: str, symbols: list[str], low: int, high: int) -> Iterable[str]:
