@@ -27,7 +27,9 @@ from typing import Any
 
 from asr.errors import DefaultModelError
 
-MANIFEST = Path(__file__).resolve().parents[1] / "models" / "manifest.json"
+# The clone's manifest; an installed copy of the package (the GPU image) names its own.
+MANIFEST = Path(os.environ.get("IVR_MODEL_MANIFEST", "")
+                or Path(__file__).resolve().parents[1] / "models" / "manifest.json")
 MODEL_NAME = "whisper-base"
 VERIFIED_MARK = ".verified"
 

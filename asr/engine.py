@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 CHUNK_SAMPLES = 30 * SAMPLE_RATE  # Whisper's window; longer audio is decoded as several items
+FULL_WINDOW_FRAMES = 3000  # mel frames of 10 ms in Whisper's 30 s window
 DropReason = Literal["no_speech", "compression_ratio", "log_prob", "phantom", "prompt_echo"]
 Device = Literal["auto", "cuda", "cpu"]
 FloatAudio = npt.NDArray[np.float32]
@@ -63,6 +64,9 @@ class EngineOptions:
     # another of ``switch_languages`` at least this probability (None: always forced).
     language_switch_floor: float | None = 0.6
     switch_languages: tuple[str, ...] = ("zh", "en")
+    # Detection on a word or two is a guess ("a" for 二): shorter requests keep their language,
+    # as do requests with their own prompt (what the caller was asked to say, in that language).
+    min_switch_s: float = 1.0
     beam_size: int = 5
     initial_prompt: str | None = None
     # Domain words biased through Whisper's previous-text prompt; per language (a Chinese word
@@ -80,6 +84,10 @@ class EngineOptions:
     phantom_phrases: tuple[str, ...] = DEFAULT_PHANTOM_PHRASES
     cpu_threads: int = 0
     device_index: int = 0
+    # Shorter encoder windows: None pads every utterance to Whisper's 30 s (what it was trained
+    # on); a number pads a batch only to its longest utterance plus this many seconds. The
+    # encoder's cost grows with the window, so short turns get much cheaper on a CPU.
+    window_margin_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cuda", "cpu"):
@@ -265,7 +273,8 @@ class WhisperDecoder:
         # A request's own hint is what the caller is expected to say: repeating it is no echo.
         return " ".join(filter(None, (self._options.initial_prompt, self.hotwords(language))))
 
-    def _languages(self, encoder_output: Any, wanted: list[str | None]) -> list[str | None]:
+    def _languages(self, encoder_output: Any, wanted: list[str | None],
+                   switchable: list[bool]) -> list[str | None]:
         """Forced languages, switched where detection is confident of another candidate."""
         floor = self._options.language_switch_floor
         if all(language is not None for language in wanted) and floor is None:
@@ -273,10 +282,13 @@ class WhisperDecoder:
         candidates = [c for c in self._options.switch_languages if c in self.languages]
         detected = self._model.model.detect_language(encoder_output)
         chosen: list[str | None] = []
-        for language, ranking in zip(wanted, detected, strict=True):
+        for language, ranking, may_switch in zip(wanted, detected, switchable, strict=True):
             probs = {token[2:-2]: float(p) for token, p in ranking}
             if language is None:
                 chosen.append(ranking[0][0][2:-2])
+                continue
+            if not may_switch:
+                chosen.append(language)
                 continue
             best = max(candidates, key=lambda c: probs.get(c, 0.0), default=language)
             if floor is not None and best != language and probs.get(best, 0.0) >= floor:
@@ -299,20 +311,33 @@ class WhisperDecoder:
         decoded: list[tuple[int, str, DecodedSegment]] = []
         for first in range(0, len(items), step):
             group = items[first:first + step]
-            features = np.stack([pad_or_trim(extractor(audio)[..., :-1]) for _, audio in group])
+            mels = [extractor(audio)[..., :-1] for _, audio in group]
+            frames = self._window_frames(max(mel.shape[-1] for mel in mels))
+            features = np.stack([pad_or_trim(mel, frames) for mel in mels])
             languages = [requests[index].language or self._options.language for index, _ in group]
             hints = [requests[index].prompt for index, _ in group]
-            decoded.extend(self._decode_group(group, features, languages, hints))
+            switchable = [requests[index].prompt is None
+                          and len(audio) >= self._options.min_switch_s * SAMPLE_RATE
+                          for index, audio in group]
+            decoded.extend(self._decode_group(group, features, languages, hints, switchable))
         return [self._transcript(index, request, decoded)
                 for index, request in enumerate(requests)]
 
+    def _window_frames(self, longest: int) -> int:
+        """Mel frames the encoder sees (100 per second): 3000, or the longest plus a margin."""
+        margin = self._options.window_margin_s
+        if margin is None:
+            return FULL_WINDOW_FRAMES
+        wanted = longest + round(margin * 100)
+        return min(FULL_WINDOW_FRAMES, wanted + wanted % 2)  # the encoder halves it
+
     def _decode_group(self, group: list[tuple[int, FloatAudio]], features: npt.NDArray[Any],
-                      languages: list[str | None], hints: list[str | None]
-                      ) -> list[tuple[int, str, DecodedSegment]]:
+                      languages: list[str | None], hints: list[str | None],
+                      switchable: list[bool]) -> list[tuple[int, str, DecodedSegment]]:
         from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
 
         encoder_output = self._model.encode(features)
-        languages = self._languages(encoder_output, languages)
+        languages = self._languages(encoder_output, languages, switchable)
         tokenizers = [self._tokenizer(language or "en") for language in languages]
         max_length = self._model.max_length
         prompts = [self._prompt(tokenizer, language, hint) for tokenizer, language, hint

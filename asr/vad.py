@@ -115,6 +115,11 @@ class TurnDetector:
         self._closed = False
         self.dropped_events = 0
 
+    def set_hangover(self, ms: int | None) -> None:
+        """Silence that ends a turn from now on (None: the configured ``hangover_ms``); longer
+        while a caller reads digits with pauses, so the answer stays one utterance."""
+        self._hangover = self.options.frames(self.options.hangover_ms if ms is None else ms)
+
     # -- synchronous core ------------------------------------------------------------------
 
     def process(self, pcm_frame: bytes, t: float) -> list[TurnEvent]:

@@ -155,6 +155,9 @@ class VoiceprintSettings(BaseModel):
     # Recognition errors (digit edits) a spoken challenge may have and still count as said.
     challenge_max_errors: int = Field(1, ge=0, le=3)
     answer_timeout_s: float = Field(8.0, gt=0)  # to start speaking after a prompt
+    # Pause that ends the spoken challenge: callers read digits in groups; with the usual
+    # 500 ms the answer was cut after the first group.
+    answer_hangover_ms: int = Field(1200, ge=300, le=3000)
     enroll_phrases: int = Field(3, ge=1, le=10)
     # Raw enrollment/attempt audio is kept only when this is > 0 (sealed, deleted after expiry).
     retain_audio_days: int = Field(0, ge=0, le=365)

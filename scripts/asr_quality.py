@@ -67,6 +67,28 @@ def prompt_pairs(limit: int) -> list[tuple[Path, str]]:
     return pairs[:: max(1, len(pairs) // limit)][:limit] if limit else pairs
 
 
+POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
+
+
+def pocketsphinx_pairs() -> list[tuple[Path, str]]:
+    """pocketsphinx-testdata's two real speakers: a LibriVox reader and the 'cards' talker."""
+    pairs = []
+    for folder in ("librivox", "cards"):
+        listing = POCKETSPHINX / folder / ("transcription" if folder == "librivox"
+                                           else "cards.transcription")
+        if not listing.is_file():
+            continue
+        ids = (POCKETSPHINX / folder / ("fileids" if folder == "librivox" else "cards.fileids")
+               ).read_text().split()
+        texts = [re.sub(r"</?s>|\(.*\)", "", line).strip()
+                 for line in listing.read_text().splitlines() if line.strip()]
+        for file_id, text in zip(ids, texts, strict=False):
+            wav = POCKETSPHINX / folder / f"{Path(file_id).name}.wav"
+            if wav.is_file():
+                pairs.append((wav, text))
+    return pairs
+
+
 async def _transcribe_all(engine: AsrEngine, audios: Sequence[Any], languages: Sequence[str],
                           concurrency: int = 8) -> list[Any]:
     slots = asyncio.Semaphore(concurrency)
@@ -79,8 +101,15 @@ async def _transcribe_all(engine: AsrEngine, audios: Sequence[Any], languages: S
 
 
 async def bench_wer(options: EngineOptions, limit: int) -> dict[str, Any]:
-    """English WER on Asterisk's real prompts through G.711 (8 kHz mu-law)."""
-    pairs = prompt_pairs(limit)
+    """English WER through G.711: Asterisk's prompts, and pocketsphinx-testdata's speakers."""
+    out = {"asterisk_prompts": await _wer_of(options, prompt_pairs(limit))}
+    pairs = pocketsphinx_pairs()
+    if pairs:
+        out["pocketsphinx_testdata"] = await _wer_of(options, pairs)
+    return out
+
+
+async def _wer_of(options: EngineOptions, pairs: Sequence[tuple[Path, str]]) -> dict[str, Any]:
     audios = []
     with tempfile.TemporaryDirectory() as tmp:
         for n, (wav, _) in enumerate(pairs):
@@ -98,7 +127,7 @@ async def bench_wer(options: EngineOptions, limit: int) -> dict[str, Any]:
     total = sum(len(words(ref)) for _, ref in pairs)
     worst = sorted(((edits(words(ref), words(r.text)) / max(1, len(words(ref))), ref, r.text)
                     for (_, ref), r in zip(pairs, results, strict=True)), reverse=True)[:5]
-    return {"prompts": len(pairs), "words": total, "wer": round(errors / max(1, total), 4),
+    return {"utterances": len(pairs), "words": total, "wer": round(errors / max(1, total), 4),
             "channel": "G.711 mu-law 8 kHz, upsampled to 16 kHz",
             "seconds": round(time.perf_counter() - started, 1),
             "worst": [{"wer": round(w, 2), "ref": ref, "hyp": hyp} for w, ref, hyp in worst]}
@@ -155,6 +184,9 @@ def variants(base: EngineOptions) -> dict[str, tuple[EngineOptions, bool]]:
         "greedy": (r(base, beam_size=1), True),
         "log_prob_-1.0": (r(base, log_prob_threshold=-1.0), True),
         "float32": (r(base, compute_type="float32"), True),
+        "cpu_threads_1": (r(base, cpu_threads=1), True),
+        "window_margin_2s": (r(base, window_margin_s=2.0), True),
+        "window_margin_5s": (r(base, window_margin_s=5.0), True),
     }
 
 

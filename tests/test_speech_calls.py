@@ -198,29 +198,3 @@ def test_agent_leg_is_transcribed_too(speech_hotline: Hotline, sip_stack: SipSta
         assert all(line["start_s"] >= connected_s - 0.5 for line in agent_lines)
     finally:
         team.close()
-
-
-@pytest.mark.skipif(not os.environ.get("IVR_TEST_WHISPER_MODEL"),
-                    reason="needs trained Whisper weights: set IVR_TEST_WHISPER_MODEL to a "
-                           "CTranslate2 model folder (scripts/fetch_models.py downloads one)")
-def test_spoken_request_routes_the_call_with_a_trained_model(
-        asterisk: RunningAsterisk, sip_stack: SipStack, tmp_path: Path, artifacts: Path,
-        speech_hotline: Hotline) -> None:
-    model = Path(os.environ["IVR_TEST_WHISPER_MODEL"])
-    wav, _on, _off = _spoken(artifacts / "billing.wav", "I have a question about my bill")
-    speech_hotline.stop()
-    try:
-        with running_hotline(asterisk, tmp_path, **_speech_env(model, tmp_path)) as real:
-            caller = sip_stack.caller("02112345678", asterisk.pbx)
-            call = caller.dial(asterisk.state.hotline_number)
-            call.wait_connected()
-            time.sleep(1.0)
-            call.play(wav)
-            record = real.wait_call(call.record.sip_call_id,
-                                    lambda c: c["intent"] is not None, 30)
-            call.hangup()
-            call.wait_ended()
-            assert record["intent"] == "billing"
-            assert record["intent_source"] == "speech"
-    finally:
-        speech_hotline.start()

@@ -67,11 +67,13 @@ async def hear_answer(s: CallSession, asked_at: float, within_s: float) -> Spoke
             return event
 
 
-def expect_digits(s: CallSession, prompt: str | None) -> None:
-    """Tell the caller's recogniser that digits come next (``prompt``), or no longer."""
+def expect_digits(s: CallSession, hangover_ms: int | None) -> None:
+    """Tell the caller's recogniser that digits come next, read with pauses up to
+    ``hangover_ms`` (Whisper gets a digits prompt in the call's language); None: no longer."""
+    prompt = DIGIT_PROMPTS.get(s.language) if hangover_ms is not None else None
     for listener in s.listeners:
         if listener.speaker == "caller":
-            listener.prompt = prompt
+            listener.expect(prompt, hangover_ms)
 
 
 def challenge_prompts(digits: str) -> list[str]:
@@ -110,7 +112,7 @@ class VerifyVoice:
             # could know them before the call (so a recording cannot say them).
             await s.record("voice_challenge", {"attempt": attempt, "challenge": digits})
             intro = "voice_challenge" if attempt == 1 else "voice_retry"
-            expect_digits(s, DIGIT_PROMPTS.get(s.language))
+            expect_digits(s, settings.answer_hangover_ms)
             try:
                 await s.play([intro, *challenge_prompts(digits), "voice_go"],
                              interruptible=False)

@@ -79,6 +79,8 @@ class LegListener:
         self.language: str | None = services.settings.language
         # What the caller is asked to say right now (the flow sets it, e.g. challenge digits).
         self.prompt: str | None = None
+        self._detector: TurnDetector | None = None
+        self._hangover_ms: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._offset_s = 0.0
@@ -125,6 +127,8 @@ class LegListener:
     async def _listen(self) -> None:
         assert self.receiver is not None
         detector = TurnDetector(self.services.vad, self.services.onset_check)
+        detector.set_hangover(self._hangover_ms)
+        self._detector = detector
         folder = self.services.settings.debug_audio_dir
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
@@ -154,6 +158,14 @@ class LegListener:
                 elif isinstance(event, Utterance):
                     speech = None
                     self._spawn(self._recognise(event, spoke_at))
+
+    def expect(self, prompt: str | None, hangover_ms: int | None) -> None:
+        """What the caller is about to say (Whisper's prompt) and the pause that ends it;
+        None, None: back to ordinary listening."""
+        self.prompt = prompt
+        self._hangover_ms = hangover_ms
+        if self._detector is not None:
+            self._detector.set_hangover(hangover_ms)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
