@@ -102,7 +102,8 @@ def engine_options(asr: AsrSettings, model_dir: Path) -> EngineOptions:
         model_dir=model_dir, device=asr.device, language=asr.language,
         language_switch_floor=asr.language_switch_floor, beam_size=asr.beam_size,
         log_prob_threshold=asr.log_prob_threshold, initial_prompt=asr.initial_prompt,
-        hotwords=asr.hotwords, hotwords_by_language=by_language)
+        hotwords=asr.hotwords, hotwords_by_language=by_language,
+        window_margin_s=asr.window_margin_s)
 
 
 async def load_speech(settings: Settings, store: Store, readiness: Readiness,

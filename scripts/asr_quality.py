@@ -89,7 +89,8 @@ def pocketsphinx_pairs() -> list[tuple[Path, str]]:
     return pairs
 
 
-async def _transcribe_all(engine: AsrEngine, audios: Sequence[Any], languages: Sequence[str],
+async def _transcribe_all(engine: AsrEngine, audios: Sequence[Any],
+                          languages: Sequence[str | None],
                           concurrency: int = 8) -> list[Any]:
     slots = asyncio.Semaphore(concurrency)
 
@@ -140,11 +141,13 @@ def spoken_requests() -> tuple[Path, list[SpokenRequest]]:
 
 
 async def accuracy_of(options: EngineOptions, items: Sequence[SpokenRequest], folder: Path,
-                      classifier: IntentClassifier, menu: str | None) -> dict[str, Any]:
-    """Intent accuracy by language of one engine configuration; ``menu`` forces a language."""
+                      classifier: IntentClassifier, menu: str | None,
+                      detect: bool = False) -> dict[str, Any]:
+    """Intent accuracy by language of one engine configuration: each request in its own
+    language, in ``menu`` when given, or in the language Whisper detects (``detect``)."""
     engine = load_engine(options)
     audios = [read_wav_16k(folder / item.wav) for item in items]
-    languages = [menu or item.language for item in items]
+    languages: list[str | None] = [None if detect else menu or item.language for item in items]
     started = time.perf_counter()
     try:
         results = await _transcribe_all(engine, audios, languages)
@@ -186,7 +189,7 @@ def variants(base: EngineOptions) -> dict[str, tuple[EngineOptions, bool]]:
         "float32": (r(base, compute_type="float32"), True),
         "cpu_threads_1": (r(base, cpu_threads=1), True),
         "window_margin_2s": (r(base, window_margin_s=2.0), True),
-        "window_margin_5s": (r(base, window_margin_s=5.0), True),
+        "window_30s": (r(base, window_margin_s=None), True),
     }
 
 
@@ -199,10 +202,9 @@ async def bench_accuracy(base: EngineOptions, names: Sequence[str], every: int
     out: dict[str, Any] = {"requests": len(chosen), "of": len(items), "variants": {}}
     for name in names:
         options, forced = variants(base)[name]
-        # detect_language: the engine's own detection on every utterance (menu not used).
-        result = await accuracy_of(options if forced else dataclasses.replace(
-            options, language=None), chosen, folder, classifier,
-            None if forced else "")
+        # detect_language: Whisper's own detection on every utterance (menu not used).
+        result = await accuracy_of(options, chosen, folder, classifier, None,
+                                   detect=not forced)
         out["variants"][name] = result
     mixed = dataclasses.replace(base)
     # An English caller who never pressed 9 (Mandarin menu): the shipped switch vs none.
@@ -300,3 +302,71 @@ async def _decided(engine: AsrEngine, classifier: IntentClassifier, entry: Any, 
 def _pcts(values: Sequence[float]) -> dict[str, float]:
     return {"p50": round(float(np.percentile(values, 50)), 3),
             "p95": round(float(np.percentile(values, 95)), 3)}
+
+
+async def bench_digits(options: EngineOptions, count: int) -> dict[str, Any]:
+    """Spoken challenge digits heard (exact, within one edit), Mandarin and English."""
+    import random
+
+    from asr.numbers import DIGIT_PROMPTS, spoken_digits
+    from asr.testing.speech import synthesise
+    from voiceprint.service import digit_edits
+
+    words = {"en": "zero one two three four five six seven eight nine".split(),
+             "zh": list("零一二三四五六七八九")}
+    voices = {"en": ("flite:awb", "flite:slt", "flite:kal", "flite:rms"),
+              "zh": ("cmn-latn-pinyin", "cmn-latn-pinyin+f2")}
+    engine = load_engine(options)
+    out: dict[str, Any] = {"challenges_per_language": count}
+    try:
+        for language in ("en", "zh"):
+            rng = random.Random(5)
+            errors = []
+            with tempfile.TemporaryDirectory() as tmp:
+                for n in range(count):
+                    digits = "".join(rng.choice("0123456789") for _ in range(6))
+                    spoken = ("。" if language == "zh" else " ").join(
+                        words[language][int(d)] for d in digits)
+                    raw, line = Path(tmp) / "raw.wav", Path(tmp) / "line.wav"
+                    synthesise(spoken, language, voices[language][n % len(voices[language])],
+                               (1.0, 0.9)[n // 2 % 2], raw)
+                    telephone(raw, line, snr_db=(None, 20.0)[n // 4 % 2], seed=n)
+                    heard = await engine.transcribe(read_wav_16k(line), call_id=str(n),
+                                                    language=language,
+                                                    prompt=DIGIT_PROMPTS.get(language))
+                    errors.append(digit_edits(digits, spoken_digits(heard.text)))
+            out[language] = {"exact": errors.count(0),
+                             "within_one_edit": sum(e <= 1 for e in errors)}
+    finally:
+        await engine.aclose()
+    return out
+
+
+async def bench_speed(base: EngineOptions, names: Sequence[str], count: int = 24
+                      ) -> dict[str, Any]:
+    """Each variant's cost on the same utterances: one at a time, and 16 at once."""
+    folder, items = spoken_requests()
+    chosen = items[::max(1, len(items) // count)][:count]
+    audios = [read_wav_16k(folder / item.wav) for item in chosen]
+    languages = [item.language for item in chosen]
+    out: dict[str, Any] = {"utterances": len(chosen),
+                           "audio_s_mean": round(float(np.mean([len(a) for a in audios]))
+                                                 / RATE, 2)}
+    for name in names:
+        options, _ = variants(base)[name]
+        engine = load_engine(options)
+        try:
+            await engine.transcribe(audios[0], call_id="warm", language=languages[0])
+            walls = []
+            for i, audio in enumerate(audios):
+                started = time.perf_counter()
+                await engine.transcribe(audio, call_id=str(i), language=languages[i])
+                walls.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await _transcribe_all(engine, audios, languages, concurrency=16)
+            batched = len(audios) / (time.perf_counter() - started)
+        finally:
+            await engine.aclose()
+        out[name] = {"one_at_a_time_s": _pcts(walls),
+                     "batched_utterances_per_s": round(batched, 2)}
+    return out

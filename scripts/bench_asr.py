@@ -75,7 +75,8 @@ PAYLOAD_TYPE = 118  # Asterisk's dynamic payload type for slin16 (RtpOptions def
 LEAD_SILENCE_S = 0.5  # longer than the VAD warm-up, so the onset is judged on a settled VAD
 TAIL_SILENCE_S = 1.5  # after the hang-over, so every utterance closes on silence
 BATCH_UTTERANCES = 32
-SECTIONS = ("latency", "batching", "ingest", "wer", "accuracy", "concurrency")
+SECTIONS = ("latency", "batching", "ingest", "wer", "accuracy", "concurrency", "digits",
+            "speed")
 
 Pcm = npt.NDArray[np.int16]
 
@@ -584,7 +585,7 @@ async def run(args: argparse.Namespace, clips: Sequence[Clip]) -> dict[str, Any]
     out: dict[str, Any] = {}
     if "ingest" in args.section_list:
         out["ingest"] = await bench_ingest(args.levels, args.ingest_seconds, clips, args.ports)
-    if not {"latency", "batching", "wer", "accuracy", "concurrency"} & set(args.section_list):
+    if not set(SECTIONS[3:] + ("latency", "batching")) & set(args.section_list):
         return out
     tiny = bool(args.tiny)
     folder = (build_tiny_whisper() if tiny else args.model_dir.expanduser().resolve()
@@ -617,6 +618,11 @@ async def run(args: argparse.Namespace, clips: Sequence[Clip]) -> dict[str, Any]
     if "accuracy" in args.section_list:
         out["accuracy"] = await asr_quality.bench_accuracy(
             settings, [v for v in args.variants.split(",") if v], args.every)
+    if "digits" in args.section_list:
+        out["digits"] = await asr_quality.bench_digits(settings, 16)
+    if "speed" in args.section_list:
+        out["speed"] = await asr_quality.bench_speed(
+            settings, [v for v in args.variants.split(",") if v])
     if "concurrency" in args.section_list:
         out["concurrency"] = await asr_quality.bench_concurrency(
             settings, [int(x) for x in args.callers.split(",")], args.rounds)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import random
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,25 +120,30 @@ def test_an_english_caller_in_a_mandarin_menu_is_heard_in_english(engine: AsrEng
     assert IntentClassifier.default().classify(heard.text).intent == "billing", heard.text
 
 
-@pytest.mark.parametrize(("language", "voice"), [("en", "flite:awb"),
-                                                 ("zh", "cmn-latn-pinyin")])
-def test_challenge_digits_are_heard(engine: AsrEngine, tmp_path: Path, language: str,
-                                    voice: str) -> None:
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_challenge_digits_are_heard(engine: AsrEngine, tmp_path: Path, language: str) -> None:
     words = {"en": "zero one two three four five six seven eight nine".split(),
              "zh": list("零一二三四五六七八九")}[language]
-    challenges = ("482916", "735204", "560371", "283915", "947062", "318450")
+    voices = {"en": ("flite:awb", "flite:slt"),
+              "zh": ("cmn-latn-pinyin", "cmn-latn-pinyin+f2")}[language]
+    rng = random.Random(11)
     edits = []
-    for digits in challenges:
+    for n in range(8):
+        digits = "".join(rng.choice("0123456789") for _ in range(6))
         spoken = ("。" if language == "zh" else " ").join(words[int(d)] for d in digits)
-        heard = _hear(engine, _spoken(tmp_path, spoken, language, voice), language,
-                      DIGIT_PROMPTS.get(language))
+        raw, line = tmp_path / f"{n}.wav", tmp_path / f"{n}-line.wav"
+        synthesise(spoken, language, voices[n % 2], (1.0, 0.9)[n // 2 % 2], raw)
+        telephone(raw, line, snr_db=(None, 20.0)[n // 4], seed=n)
+        heard = _hear(engine, read_wav_16k(line), language, DIGIT_PROMPTS.get(language))
         edits.append(digit_edits(digits, spoken_digits(heard.text)))
-    # The voice tier accepts a challenge within VoiceprintOptions.challenge_max_errors (1).
-    # Floors measured on this model: English near perfect, espeak Mandarin digits weaker.
     limit = VoiceprintOptions().challenge_max_errors
-    assert sum(e <= limit for e in edits) >= (5 if language == "en" else 4), edits
     if language == "en":
-        assert edits.count(0) >= 5, edits
+        assert edits.count(0) >= 7, edits
+    else:
+        # Floor from measurement: espeak-ng Mandarin digits through G.711 come within one
+        # edit about 9 times in 16 (scripts/bench_asr.py --sections digits); a broken prompt
+        # or language handling drops this to 0-2.
+        assert sum(e <= limit for e in edits) >= 3, edits
 
 
 def test_music_and_silence_give_no_transcript(engine: AsrEngine) -> None:
