@@ -344,11 +344,29 @@ class WhisperDecoder:
                    in zip(tokenizers, languages, hints, strict=True)]
         if self._options.max_new_tokens is not None:
             max_length = min(max_length, max(map(len, prompts)) + self._options.max_new_tokens)
-        results = self._model.model.generate(
-            encoder_output, prompts, beam_size=self._options.beam_size, patience=1.0,
-            length_penalty=1.0, max_length=max_length, suppress_blank=True,
-            suppress_tokens=list(get_suppressed_tokens(tokenizers[0], [-1])),
-            return_scores=True, return_no_speech_prob=True)
+        suppress = list(get_suppressed_tokens(tokenizers[0], [-1]))
+
+        def generate(encoded: Any, batch_prompts: list[list[int]]) -> list[Any]:
+            return list(self._model.model.generate(
+                encoded, batch_prompts, beam_size=self._options.beam_size, patience=1.0,
+                length_penalty=1.0, max_length=max_length, suppress_blank=True,
+                suppress_tokens=suppress, return_scores=True, return_no_speech_prob=True))
+
+        lengths = sorted({len(prompt) for prompt in prompts})
+        if len(lengths) == 1:
+            results = generate(encoder_output, prompts)
+        else:
+            # CTranslate2 decodes a batch only when every prompt has the same length (a call
+            # answering a challenge has a digits prompt, its neighbours none): one generate per
+            # length, each on a second encoder pass over its own items. Rare, and it costs
+            # one extra encoding of those items, not a failed batch.
+            results = [None] * len(prompts)
+            for length in lengths:
+                members = [i for i, prompt in enumerate(prompts) if len(prompt) == length]
+                encoded = self._model.encode(features[members])
+                for i, result in zip(members, generate(encoded, [prompts[i] for i in members]),
+                                     strict=True):
+                    results[i] = result
         out: list[tuple[int, str, DecodedSegment]] = []
         for (index, _), language, tokenizer, hint, result in zip(
                 group, languages, tokenizers, hints, results, strict=True):

@@ -32,6 +32,7 @@ from asr.testing.speech import (
     telephone,
 )
 from asr.vad import TurnDetector, VadOptions
+from voiceprint.service import edit_distance
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = Path("/usr/share/asterisk/sounds/en")
@@ -42,16 +43,6 @@ RATE = 16000
 def words(text: str) -> list[str]:
     """Lower-case words without punctuation (digits kept), for WER."""
     return re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " ")).split()
-
-
-def edits(ref: Sequence[str], hyp: Sequence[str]) -> int:
-    """Levenshtein distance over words."""
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1]
 
 
 def prompt_pairs(limit: int) -> list[tuple[Path, str]]:
@@ -123,11 +114,12 @@ async def _wer_of(options: EngineOptions, pairs: Sequence[tuple[Path, str]]) -> 
         results = await _transcribe_all(engine, audios, ["en"] * len(audios))
     finally:
         await engine.aclose()
-    errors = sum(edits(words(ref), words(r.text)) for (_, ref), r in zip(pairs, results,
-                                                                           strict=True))
+    per = [(edit_distance(words(ref), words(r.text)), ref, r.text)
+           for (_, ref), r in zip(pairs, results, strict=True)]
+    errors = sum(e for e, _, _ in per)
     total = sum(len(words(ref)) for _, ref in pairs)
-    worst = sorted(((edits(words(ref), words(r.text)) / max(1, len(words(ref))), ref, r.text)
-                    for (_, ref), r in zip(pairs, results, strict=True)), reverse=True)[:5]
+    worst = sorted(((e / max(1, len(words(ref))), ref, hyp) for e, ref, hyp in per),
+                   reverse=True)[:5]
     return {"utterances": len(pairs), "words": total, "wer": round(errors / max(1, total), 4),
             "channel": "G.711 mu-law 8 kHz, upsampled to 16 kHz",
             "seconds": round(time.perf_counter() - started, 1),
@@ -310,7 +302,6 @@ async def bench_digits(options: EngineOptions, count: int) -> dict[str, Any]:
 
     from asr.numbers import DIGIT_PROMPTS, spoken_digits
     from asr.testing.speech import synthesise
-    from voiceprint.service import digit_edits
 
     words = {"en": "zero one two three four five six seven eight nine".split(),
              "zh": list("零一二三四五六七八九")}
@@ -334,7 +325,7 @@ async def bench_digits(options: EngineOptions, count: int) -> dict[str, Any]:
                     heard = await engine.transcribe(read_wav_16k(line), call_id=str(n),
                                                     language=language,
                                                     prompt=DIGIT_PROMPTS.get(language))
-                    errors.append(digit_edits(digits, spoken_digits(heard.text)))
+                    errors.append(edit_distance(digits, spoken_digits(heard.text)))
             out[language] = {"exact": errors.count(0),
                              "within_one_edit": sum(e <= 1 for e in errors)}
     finally:

@@ -12,7 +12,6 @@ first use) and later runs verify against that record. Exit status: 0 ok, 1 verif
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -20,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from asr.default_model import sha256_of  # noqa: E402
+
 LOCK_NAME = "checksums.lock.json"
 
 
@@ -29,15 +32,6 @@ class FetchError(Exception):
     def __init__(self, message: str, code: int = 2) -> None:
         super().__init__(message)
         self.code = code
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify(model: dict[str, Any], folder: Path, lock: dict[str, str]) -> list[str]:

@@ -84,6 +84,37 @@ async def engine(tiny_whisper: Path) -> AsyncIterator[AsrEngine]:
         await eng.aclose()
 
 
+async def test_a_batch_mixing_prompted_and_plain_requests_is_decoded(
+        engine: AsrEngine, speech: npt.NDArray[np.int16]) -> None:
+    # A caller answering a challenge (digits prompt) shares a batch with callers who have
+    # none; CTranslate2 refuses prompts of different lengths in one generate call.
+    audio = cut(speech, 1.0).tobytes()
+    results = await asyncio.gather(
+        engine.transcribe(audio, call_id="plain-1"),
+        engine.transcribe(audio, call_id="digits", prompt="一二三四五六七八九零"),
+        engine.transcribe(audio, call_id="plain-2"),
+        engine.transcribe(audio, call_id="short", prompt="1 2 3"))
+    assert [r.call_id for r in results] == ["plain-1", "digits", "plain-2", "short"]
+    assert all(r.text for r in results)
+    assert engine.stats.largest_batch > 1
+
+
+def test_shorter_encoder_windows_cover_the_longest_utterance(
+        tiny_whisper: Path, speech: npt.NDArray[np.int16]) -> None:
+    async def run() -> list[Transcript]:
+        eng = load_engine(options(tiny_whisper, window_margin_s=0.5, batch_window_ms=200))
+        try:
+            return list(await asyncio.gather(*(
+                eng.transcribe(cut(speech, seconds).tobytes(), call_id=str(seconds))
+                for seconds in (0.5, 3.0, 31.0))))
+        finally:
+            await eng.aclose()
+
+    results = asyncio.run(run())
+    assert [r.call_id for r in results] == ["0.5", "3.0", "31.0"]
+    assert results[2].end_s == pytest.approx(31.0)  # past 30 s: two windows, both decoded
+
+
 def test_tiny_model_is_cached_and_complete(tiny_whisper: Path) -> None:
     from tokenizers import Tokenizer
 

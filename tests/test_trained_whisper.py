@@ -26,7 +26,7 @@ from asr.testing.speech import SpokenRequest, read_wav_16k, synthesise, telephon
 from asr.text import to_simplified
 from ivr.service import engine_options
 from ivr.settings import AsrSettings
-from voiceprint.service import VoiceprintOptions, digit_edits
+from voiceprint.service import VoiceprintOptions, edit_distance
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -54,15 +54,6 @@ def _words(text: str) -> list[str]:
     return re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " ")).split()
 
 
-def _edits(ref: list[str], hyp: list[str]) -> int:
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1]
-
-
 def asterisk_prompts(count: int) -> list[tuple[Path, str]]:
     """Real prompts with their transcripts (plain sentences only, no [sound] descriptions)."""
     if not TRANSCRIPTS.is_file() or not PROMPTS.is_dir():
@@ -84,7 +75,7 @@ def test_english_prompts_through_g711_are_transcribed(engine: AsrEngine, tmp_pat
         telephone(wav, line, snr_db=None, seed=n)
         heard = _hear(engine, read_wav_16k(line), "en")
         ref = _words(reference)
-        errors += _edits(ref, _words(heard.text))
+        errors += edit_distance(ref, _words(heard.text))
         words += len(ref)
     assert words > 60
     assert errors / words < 0.15, f"WER {errors / words:.1%}"
@@ -135,7 +126,7 @@ def test_challenge_digits_are_heard(engine: AsrEngine, tmp_path: Path, language:
         synthesise(spoken, language, voices[n % 2], (1.0, 0.9)[n // 2 % 2], raw)
         telephone(raw, line, snr_db=(None, 20.0)[n // 4], seed=n)
         heard = _hear(engine, read_wav_16k(line), language, DIGIT_PROMPTS.get(language))
-        edits.append(digit_edits(digits, spoken_digits(heard.text)))
+        edits.append(edit_distance(digits, spoken_digits(heard.text)))
     limit = VoiceprintOptions().challenge_max_errors
     if language == "en":
         assert edits.count(0) >= 7, edits

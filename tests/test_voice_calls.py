@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from ivr.sip.phone import PhoneCall, SipStack
-from voiceprint.service import digit_edits
+from voiceprint.service import edit_distance
 
 from conftest import RunningAsterisk
 from hotline import Hotline, dial_and_press, running_hotline, wait_until
@@ -255,7 +255,7 @@ def test_challenge_is_heard_and_scored_with_the_trained_whisper(
             result = _challenge_call(real, sip_stack, asterisk, artifacts, f"heard-{language}",
                                      language=language)
             attempt = result["attempt"]
-            assert digit_edits(result["challenge"], attempt["challenge_heard"] or "") \
+            assert edit_distance(result["challenge"], attempt["challenge_heard"] or "") \
                 <= attempt["threshold"]["challenge_max_errors"] == 1, attempt
             assert attempt["raw_score"] is not None and attempt["norm_score"] is not None
             assert attempt["decision"] in ("accept", "uncertain", "reject")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,8 +35,8 @@ from voiceprint.templates import MasterKey, SealedTemplate, open_template, seal,
 Audio = npt.NDArray[np.float32]
 
 
-def digit_edits(expected: str, heard: str) -> int:
-    """Levenshtein distance between two digit strings."""
+def edit_distance(expected: Sequence[Hashable], heard: Sequence[Hashable]) -> int:
+    """Levenshtein distance: digits of a challenge, or words for an error rate."""
     row = list(range(len(heard) + 1))
     for i, want in enumerate(expected, 1):
         diagonal, row[0] = row[0], i
@@ -261,7 +261,7 @@ class VoiceprintService:
         except AudioRejected as exc:
             return self._finish(base, state, "uncertain", f"sample unusable: {exc.reason}",
                                 None, None, False, now)
-        if challenge_expected is not None and digit_edits(
+        if challenge_expected is not None and edit_distance(
                 challenge_expected, challenge_heard or "") > self.options.challenge_max_errors:
             return self._finish(base, state, "reject", "challenge digits not heard", None,
                                 None, False, now)
