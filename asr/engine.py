@@ -78,6 +78,10 @@ class EngineOptions:
     max_batch_size: int = 16
     max_pending: int = 64
     max_new_tokens: int | None = None
+    # A caller says at most a few tokens a second; a decode that runs past this many per second
+    # of the longest utterance in the batch is a repetition loop (Whisper on unclear audio),
+    # which otherwise costs seconds of beam search before the guards drop it. None: no cap.
+    max_tokens_per_s: float | None = 15.0
     no_speech_threshold: float | None = 0.6
     compression_ratio_threshold: float | None = 2.4
     log_prob_threshold: float | None = -1.0
@@ -344,6 +348,10 @@ class WhisperDecoder:
                    in zip(tokenizers, languages, hints, strict=True)]
         if self._options.max_new_tokens is not None:
             max_length = min(max_length, max(map(len, prompts)) + self._options.max_new_tokens)
+        if self._options.max_tokens_per_s is not None:
+            longest_s = max(len(audio) for _, audio in group) / SAMPLE_RATE
+            max_length = min(max_length, max(map(len, prompts)) + 8
+                             + math.ceil(self._options.max_tokens_per_s * longest_s))
         suppress = list(get_suppressed_tokens(tokenizers[0], [-1]))
 
         def generate(encoded: Any, batch_prompts: list[list[int]]) -> list[Any]:

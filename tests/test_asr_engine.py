@@ -115,6 +115,24 @@ def test_shorter_encoder_windows_cover_the_longest_utterance(
     assert results[2].end_s == pytest.approx(31.0)  # past 30 s: two windows, both decoded
 
 
+def test_decoding_is_capped_by_the_length_of_the_audio(
+        tiny_whisper: Path, speech: npt.NDArray[np.int16]) -> None:
+    # The random model never stops by itself: it is the runaway repetition loop to cap.
+    async def run(per_s: float | None) -> str:
+        eng = load_engine(options(tiny_whisper, max_new_tokens=None, max_tokens_per_s=per_s))
+        try:
+            return (await eng.transcribe(cut(speech, 1.0).tobytes(), call_id="c")).text
+        finally:
+            await eng.aclose()
+
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tiny_whisper / "tokenizer.json"))
+    capped = len(tokenizer.encode(asyncio.run(run(4.0))).ids)
+    uncapped = len(tokenizer.encode(asyncio.run(run(None))).ids)
+    assert capped <= 4 + 8 + 2 < uncapped, (capped, uncapped)
+
+
 def test_tiny_model_is_cached_and_complete(tiny_whisper: Path) -> None:
     from tokenizers import Tokenizer
 
