@@ -171,7 +171,7 @@ def variants(base: EngineOptions) -> dict[str, tuple[EngineOptions, bool]]:
     r = dataclasses.replace
     return {
         "shipped": (base, True),
-        "detect_language": (r(base, language_switch_floor=None), False),
+        "detect_language": (r(base, language=None, language_switch_floor=None), False),
         "forced_no_switch": (r(base, language_switch_floor=None), True),
         "zh_hotwords": (r(base, hotwords_by_language=(("zh", ZH_HOTWORDS),)), True),
         "zh_initial_prompt": (r(base, initial_prompt="您好，这里是客服热线，请问有什么可以帮您？"),
