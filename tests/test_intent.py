@@ -233,3 +233,9 @@ def test_the_default_models_real_errors_still_reach_the_intent(
 
 def test_traditional_and_simplified_read_the_same(classifier: IntentClassifier) -> None:
     assert normalize("那個 我的帳號被盜了") == normalize("那个 我的账号被盗了")
+
+
+def test_a_lost_nasal_coda_still_reaches_billing(classifier: IntentClassifier) -> None:
+    # 账单 (zhang dan) came back through a real call as 炸弹 (zha dan): the syllable skeleton
+    # (initial + first vowel) keeps them together.
+    assert classifier.classify("我想查一下我的炸弹").intent == "billing"

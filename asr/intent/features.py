@@ -256,7 +256,19 @@ def extract_features(normalized: str) -> list[str]:
         syllables = _pinyin(run)
         features.extend(_ngrams("p", list(syllables), 1, 2))
         features.extend(_ngrams("q", [_fuzzy(s) for s in syllables], 1, 2))
+        features.extend(_ngrams("k", [_skeleton(s) for s in syllables], 2, 2))
     return features
+
+
+@lru_cache(maxsize=4096)
+def _skeleton(syllable: str) -> str:
+    """Initial and first vowel only: the part of a syllable telephone Whisper keeps when it
+    loses the coda (账单 zhang-dan heard as 炸弹 zha-dan: both 'za da')."""
+    fuzzy = _fuzzy(syllable)
+    for i, char in enumerate(fuzzy):
+        if char in "aeiouv":
+            return fuzzy[:i + 1]
+    return fuzzy
 
 
 @lru_cache(maxsize=4096)
