@@ -60,7 +60,11 @@ def test_ready_without_speech_degradation(hotline: Hotline, trained_whisper: Pat
 
 
 @pytest.mark.parametrize(("text", "language", "number", "region"), [
-    ("我想查一下我的账单", "zh", "01012345678", "north"),
+    # Through a call the audio differs a little each time (where the onset is cut, RTP
+    # timing); 我想查一下我的账单 came back as 账单, 参谈, 炸弹 or 简单 across runs, the last of
+    # which reads as ticket_status, so the test uses a request the model hears steadily
+    # (accuracy over the whole set is a benchmark figure, README).
+    ("帮我看一下上个月的消费", "zh", "01012345678", "north"),
     ("I want to check my bill", "en", "02012345678", "south"),
 ])
 def test_spoken_request_routes_by_intent_and_region(
