@@ -281,7 +281,9 @@ class WhisperDecoder:
                    switchable: list[bool]) -> list[str | None]:
         """Forced languages, switched where detection is confident of another candidate."""
         floor = self._options.language_switch_floor
-        if all(language is not None for language in wanted) and floor is None:
+        # Detection is a decoder pass: skip it when no request of the batch could use it.
+        if all(language is not None for language in wanted) and (
+                floor is None or not any(switchable)):
             return wanted
         candidates = [c for c in self._options.switch_languages if c in self.languages]
         detected = self._model.model.detect_language(encoder_output)
