@@ -13,7 +13,8 @@ Exception tree::
     │   └── AriRequestError      ARI answered with an error status
     ├── RuleError                a routing rule is invalid (names the field)
     ├── PromptError              spoken prompts could not be generated
-    └── SipPhoneError            a pjsua2 phone could not do what was asked
+    ├── SipPhoneError            a pjsua2 phone could not do what was asked
+    └── MonitorRefused           a supervisor's listen/whisper/barge cannot start (HTTP status)
 """
 
 from __future__ import annotations
@@ -93,3 +94,11 @@ class RuleError(IvrError):
 
 class PromptError(IvrError):
     """Spoken prompts could not be generated (catalogue, espeak-ng or sox)."""
+
+
+class MonitorRefused(IvrError):
+    """A monitor cannot start (no such call, no agent to whisper to, unknown phone)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status

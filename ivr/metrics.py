@@ -46,6 +46,18 @@ class MetricsRecorder:
                                 ["mode"], registry=r)
         self.live_events = Counter("ivr_live_events_total", "Events published to live views",
                                    ["kind"], registry=r)
+        self.loop_lag_p99 = Gauge("ivr_event_loop_lag_p99_seconds",
+                                  "99th percentile of how late the event loop ran a 50 ms "
+                                  "timer over the last minute", registry=r)
+        self.loop_lag_max = Gauge("ivr_event_loop_lag_max_seconds",
+                                  "Largest event-loop lag since the process started",
+                                  registry=r)
+        self.refused = Gauge("ivr_calls_refused_total",
+                             "Calls refused before answer by admission control", registry=r)
+        self.journal_pending = Gauge("ivr_store_writes_pending",
+                                     "Call writes kept while the database is unavailable",
+                                     registry=r)
+        self._sources: list[Any] = []
         self._live: set[str] = set()
         self._bus = bus
         self._task: asyncio.Task[None] | None = None
@@ -106,8 +118,22 @@ class MetricsRecorder:
         elif kind == "monitor_started":
             self.monitors.labels(str(data.get("mode"))).inc()
 
+    def follow_process(self, lag: Any = None, controller: Any = None,
+                       journal: Any = None) -> None:
+        """Read these at every scrape: the loop-lag monitor, the controller's refusal count,
+        the call journal's backlog (any may be None)."""
+        self._sources = [lag, controller, journal]
+
     def render(self) -> bytes:
         """The exposition text."""
+        lag, controller, journal = self._sources or (None, None, None)
+        if lag is not None:
+            self.loop_lag_p99.set(lag.p99_s())
+            self.loop_lag_max.set(lag.max_s)
+        if controller is not None:
+            self.refused.set(controller.refused_total)
+        if journal is not None:
+            self.journal_pending.set(journal.pending)
         return bytes(generate_latest(self.registry))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,14 +25,16 @@ from ivr.asterisk.provision import locate_asterisk
 from ivr.auth.tokens import TokenStore
 from ivr.bus import EventBus
 from ivr.errors import IvrError
-from ivr.flow.controller import HotlineController, Readiness, distributor_for
+from ivr.flow.controller import HotlineController, distributor_for
 from ivr.flow.session import Prompts
 from ivr.flow.voice import VoiceTier
+from ivr.health import LoopLag, Readiness, TaskGroup, probe_forever
 from ivr.metrics import MetricsRecorder
 from ivr.routing.service import RoutingService
 from ivr.settings import AsrSettings, Settings
 from ivr.speech.listener import SpeechServices
 from ivr.store.db import make_engine, migrate, sqlite_url
+from ivr.store.journal import CallJournal
 from ivr.store.repository import Store
 from ivr.verification.codes import (
     AccountDirectory,
@@ -63,7 +66,8 @@ def pbx_link(settings: Settings) -> PbxLink | None:
     if settings.ari is not None:
         remote = settings.ari
         creds = AriCredentials(remote.url.rstrip("/"), remote.user,
-                               remote.password.get_secret_value(), remote.app)
+                               remote.password.get_secret_value(), remote.app,
+                               str(remote.ca_file) if remote.ca_file else None)
         return PbxLink(creds, tuple(remote.agents.items()), remote.sounds_dir,
                        tuple(remote.supervisor_phones))
     instance = AsteriskInstance(locate_asterisk(), settings.asterisk.instance)
@@ -82,12 +86,18 @@ def open_store(settings: Settings) -> Store:
     return Store(engine)
 
 
+def models_root(settings: Settings) -> Path:
+    """Where operators put model folders: ``IVR_MODELS_DIR``, else ``models/`` of the working
+    directory (a checkout); never the installed package's own location."""
+    return settings.models_dir if settings.models_dir is not None else Path("models")
+
+
 def default_model_dir(settings: Settings) -> Path:
     """The configured Whisper folder, else the first under ``models/whisper``, else the shipped
     default (Whisper base, assembled into the cache by ``make setup`` or here, on first use)."""
     if settings.asr.model_dir is not None:
         return settings.asr.model_dir
-    root = Path(__file__).resolve().parents[1] / "models" / "whisper"
+    root = models_root(settings) / "whisper"
     folders = sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []
     if folders:
         return folders[0]
@@ -137,17 +147,18 @@ async def load_speech(settings: Settings, store: Store, readiness: Readiness,
             log.warning("silero vad unusable", extra={"error": str(exc)})
     log.info("speech path ready", extra={"model": engine.model_name, "device": engine.device})
     return SpeechServices(engine, classifier,
-                          PortPool(settings.asr.rtp_port_start, settings.asr.rtp_port_end),
+                          PortPool(settings.asr.rtp_port_start, settings.asr.rtp_port_end,
+                                   settings.asr.media_bind or settings.asr.media_host),
                           store, bus or EventBus(), settings.asr,
                           redact_stored=settings.privacy.store_transcripts == "redacted",
                           onset_check=onset_check)
 
 
 def default_ecapa_dir(settings: Settings) -> Path | None:
-    """The configured ECAPA folder, or ``models/ecapa`` when it holds a model."""
+    """The configured ECAPA folder, or ``<models>/ecapa`` when it holds a model."""
     if settings.voiceprint.model_dir is not None:
         return settings.voiceprint.model_dir
-    root = Path(__file__).resolve().parents[1] / "models" / "ecapa"
+    root = models_root(settings) / "ecapa"
     if (root / "hyperparams.yaml").is_file():
         return root
     folders = sorted(p for p in root.glob("*") if (p / "hyperparams.yaml").is_file()) \
@@ -210,20 +221,35 @@ def verification_services(store: Store) -> VerificationServices:
                                 OneTimeCodes(store.engine, outbox), outbox)
 
 
-async def serve_async(settings: Settings) -> None:
-    """Run controller and API until cancelled or the API server stops."""
+async def serve_async(settings: Settings) -> int:
+    """Run controller and API until cancelled or the API server stops; the exit status is
+    non-zero when a part the service cannot run without stopped on its own."""
     readiness = Readiness()
     store = await asyncio.to_thread(open_store, settings)
+    journal = CallJournal(readiness)
     routing = RoutingService(store, settings.routing, settings.regions)
     if await asyncio.to_thread(routing.seed_rules):
         log.info("routing rules loaded into an empty store")
+    await asyncio.to_thread(routing.refresh)
     bus = EventBus()
     speech = await load_speech(settings, store, readiness, bus)
+    if speech is not None:
+        speech.journal = journal
     voice = await load_voice_tier(settings, store, readiness)
     verification = verification_services(store)
     tokens = TokenStore(store.engine)
     metrics = MetricsRecorder(bus)
     metrics.start()
+    background = TaskGroup("service")
+    lag = LoopLag()
+    background.spawn(lag.run(), "loop-lag")
+    health = settings.health
+    background.spawn(probe_forever(readiness, "database",
+                                   lambda: asyncio.to_thread(store.probe_write),
+                                   health.probe_every_s, health.probe_timeout_s,
+                                   "database write lock"), "probe-database")
+    background.spawn(_refresh_rules_forever(routing, settings.routing.refresh_every_s),
+                     "routing-refresh")
     link = pbx_link(settings)
     controller: HotlineController | None = None
     controller_task: asyncio.Task[None] | None = None
@@ -239,8 +265,12 @@ async def serve_async(settings: Settings) -> None:
             distributor_for(link.agents, skills, settings.flow.wrap_up_s),
             Prompts(link.sounds_dir), settings.flow, speech=speech,
             verification=verification, voice=voice, bus=bus,
-            supervisor_phones=link.supervisor_phones)
-        controller_task = asyncio.create_task(controller.run())
+            supervisor_phones=link.supervisor_phones, health=health, journal=journal)
+        controller_task = asyncio.create_task(controller.run(), name="controller")
+        background.spawn(probe_forever(readiness, "ari_requests", controller.probe,
+                                       health.probe_every_s, health.probe_timeout_s,
+                                       "ARI request (GET /asterisk/ping)"), "probe-ari")
+    metrics.follow_process(lag, controller, journal)
     app = create_app(ApiServices(
         readiness, store, routing, outbox=verification.outbox, tokens=tokens,
         privacy=settings.privacy, accounts=verification.accounts,
@@ -251,6 +281,9 @@ async def serve_async(settings: Settings) -> None:
                             log_level=settings.log_level.lower(), lifespan="off",
                             log_config=None)
     server = uvicorn.Server(config)
+    if controller_task is not None:
+        controller_task.add_done_callback(
+            functools.partial(_controller_ended, readiness=readiness, server=server))
     try:
         await server.serve()
     finally:
@@ -260,11 +293,40 @@ async def serve_async(settings: Settings) -> None:
                 await controller_task
         if controller is not None:
             await controller.aclose()
+        await background.cancel_all()
+        await journal.aclose()
         if speech is not None:
             await speech.engine.aclose()
         await metrics.aclose()
+    return 1 if readiness.fatal else 0
+
+
+async def _refresh_rules_forever(routing: RoutingService, every_s: float) -> None:
+    # Rules changed by another process (the CLI, another node) reach this one's snapshot.
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            if await asyncio.to_thread(routing.refresh):
+                log.info("routing rules reloaded")
+        except Exception:  # noqa: BLE001 - the last good snapshot stays in force
+            log.exception("routing rules not reloaded; the previous rules stay in force")
+
+
+def _controller_ended(task: asyncio.Task[None], readiness: Readiness,
+                      server: uvicorn.Server) -> None:
+    # The controller only ends when cancelled; anything else is a defect: say so in /health
+    # and stop the process so its supervisor (systemd, a container runtime) restarts it.
+    if task.cancelled():
+        return
+    exc = task.exception()
+    reason = f"call controller stopped: {type(exc).__name__ if exc else 'returned'}"
+    log.critical("call controller stopped; exiting", exc_info=exc)
+    readiness.fail(reason)
+    server.should_exit = True
 
 
 def serve(settings: Settings) -> None:
-    """Blocking entry point for ``ivr serve``."""
-    asyncio.run(serve_async(settings))
+    """Blocking entry point for ``ivr serve`` (exits non-zero when the controller died)."""
+    status = asyncio.run(serve_async(settings))
+    if status:
+        raise SystemExit(status)

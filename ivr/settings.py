@@ -68,6 +68,25 @@ class FlowSettings(BaseModel):
     position_announce_every_s: float = Field(30.0, gt=0)
     wrap_up_s: float = Field(5.0, ge=0)
     queue_poll_s: float = Field(0.5, gt=0)
+    # Admission control, enforced before answer (refused callers hear busy: SIP 486).
+    max_calls: int = Field(150, ge=1, le=10000)  # calls this controller holds at once
+    max_setup: int = Field(30, ge=1, le=1000)  # calls being answered and greeted at once
+    # A stalled ARI request (frozen or overloaded PBX): how often a call retries, and the pause.
+    ari_retries: int = Field(3, ge=0, le=10)
+    ari_retry_pause_s: float = Field(1.0, ge=0, le=30)
+    # Internal errors one call may meet before it is ended (each degrades it first).
+    max_internal_errors: int = Field(3, ge=1, le=10)
+    # Every this often, calls in our Stasis application without a live state machine are taken
+    # over (and stored calls without a channel are closed): nothing is left stranded.
+    sweep_every_s: float = Field(15.0, gt=0)
+
+
+class HealthSettings(BaseModel):
+    """Probes behind /ready, and the ARI request timeout they measure against."""
+
+    ari_timeout_s: float = Field(5.0, gt=0, le=60)  # one ARI REST request
+    probe_every_s: float = Field(2.0, gt=0, le=60)
+    probe_timeout_s: float = Field(2.0, gt=0, le=60)
 
 
 class RoutingSettings(BaseModel):
@@ -80,6 +99,9 @@ class RoutingSettings(BaseModel):
     regions_file: Path | None = None  # province -> region map; None: the shipped one
     rules_file: Path | None = None  # rules loaded on first start; None: the shipped defaults
     agent_skills: dict[str, list[str]] = Field(default_factory=dict)
+    # Calls are routed from an in-memory copy of the rules; API edits refresh it at once,
+    # edits by other processes are picked up this often.
+    refresh_every_s: float = Field(2.0, gt=0, le=300)
 
     @field_validator("timezone")
     @classmethod
@@ -123,6 +145,10 @@ class AsrSettings(BaseModel):
     silero_min_chunks: int = Field(2, ge=1, le=10)  # 32 ms chunks at the threshold
     # Where Asterisk sends each call's audio (slin16 RTP); one port per listened leg.
     rtp_port_start: int = Field(46000, ge=1024, le=65535)
+    # Where the PBX sends each listened leg's audio (ExternalMedia): an address of this host
+    # the PBX can reach; the receivers bind to ``media_bind`` (None: the same address).
+    media_host: str = "127.0.0.1"
+    media_bind: str | None = None
     rtp_port_end: int = Field(46999, ge=1024, le=65535)
     min_intent_confidence: float = Field(0.5, ge=0, le=1)
     partial_every_s: float = Field(1.0, gt=0)
@@ -181,6 +207,8 @@ class RemoteAriSettings(BaseModel):
     password: SecretStr
     app: str = Field("ivr", pattern=r"^[A-Za-z0-9_-]+$")
     sounds_dir: str = "/var/lib/asterisk/sounds/ivr"  # where the prompts are on that PBX
+    # TLS: a CA bundle to verify the PBX's certificate (https/wss); None: the system's.
+    ca_file: Path | None = None
     agents: dict[str, str] = Field(default_factory=dict)  # agent endpoint -> region
     supervisor_phones: tuple[str, ...] = ()  # endpoints rung for listen / whisper / barge
 
@@ -200,10 +228,14 @@ class Settings(BaseSettings):
     regions: tuple[str, ...] = DEFAULT_REGIONS
     asterisk: AsteriskSettings = Field(default_factory=AsteriskSettings)  # type: ignore[arg-type]
     flow: FlowSettings = Field(default_factory=FlowSettings)  # type: ignore[arg-type]
-    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)  # type: ignore[arg-type]
     asr: AsrSettings = Field(default_factory=AsrSettings)  # type: ignore[arg-type]
     voiceprint: VoiceprintSettings = Field(default_factory=VoiceprintSettings)  # type: ignore[arg-type]
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)  # type: ignore[arg-type]
+    # Model folders (models/whisper/<name>, models/ecapa/<name>): configuration, never the
+    # installed package's location. None: ./models of the working directory if it exists.
+    models_dir: Path | None = None
     # When set, the controller uses this ARI instead of the local instance's (`ivr asterisk up`).
     ari: RemoteAriSettings | None = None
 

@@ -13,8 +13,9 @@ from ivr.api.services import ApiServices
 from ivr.asterisk.instance import AriCredentials
 from ivr.auth.tokens import ROLES, TokenStore
 from ivr.bus import EventBus
-from ivr.flow.controller import HotlineController, Readiness, distributor_for
+from ivr.flow.controller import HotlineController, distributor_for
 from ivr.flow.session import Prompts
+from ivr.health import Readiness
 from ivr.metrics import MetricsRecorder
 from ivr.routing.service import RoutingService
 from ivr.settings import FlowSettings, RoutingSettings

@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from ivr.api.app import create_app
 from ivr.api.calls import mask_number
 from ivr.api.console import CONTENT_SECURITY_POLICY
-from ivr.flow.controller import Readiness
+from ivr.health import Readiness
 from ivr.sip.phone import AgentOptions, SipStack
 
 from conftest import RunningAsterisk

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from ivr.api.app import ApiServices, create_app
 from ivr.api.routing import MAX_BODY_BYTES, rules_router
 from ivr.auth.tokens import TokenStore
-from ivr.flow.controller import Readiness
+from ivr.health import Readiness
 from ivr.routing.manage import diff_bodies, parse_if_match
 from ivr.routing.rules import rules_from_yaml
 from ivr.routing.service import RoutingService

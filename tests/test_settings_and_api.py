@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from ivr.api.app import create_app
-from ivr.flow.controller import Readiness
+from ivr.health import Readiness
 from ivr.settings import load_settings
 
 pytestmark = pytest.mark.unit
@@ -59,9 +59,23 @@ def test_health_and_readiness_say_what_is_missing() -> None:
     response = client.get("/api/v1/ready")
     assert response.status_code == 200
     assert response.json() == {"ready": True, "missing": [], "checks": {"ari": True},
-                               "degraded": {}}
+                               "degraded": {}, "reasons": {}}
     readiness.degrade("asr", "no model: keypad only")
     assert client.get("/api/v1/ready").json()["degraded"] == {"asr": "no model: keypad only"}
+    # A missing check says why; it recovers by itself when the check passes again.
+    readiness.set("database", False, "database cannot be written: database is locked")
+    response = client.get("/api/v1/ready")
+    assert response.status_code == 503
+    assert response.json()["reasons"] == {
+        "database": "database cannot be written: database is locked"}
+    readiness.set("database", True)
+    assert client.get("/api/v1/ready").status_code == 200
+    # A supervised part that stopped: /health says so (the process then exits non-zero).
+    readiness.fail("call controller stopped: RuntimeError")
+    response = client.get("/api/v1/health")
+    assert response.status_code == 503
+    assert response.json() == {"status": "failed",
+                               "reason": "call controller stopped: RuntimeError"}
 
 
 def test_unknown_path_uses_the_error_shape() -> None:

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from ivr.api.app import ApiServices, create_app
 from ivr.auth.tokens import TokenStore
-from ivr.flow.controller import Readiness
+from ivr.health import Readiness
 from ivr.routing.service import RoutingService
 from ivr.settings import RoutingSettings
 from ivr.store.db import make_engine, migrate, sqlite_url

@@ -11,7 +11,7 @@ import pytest
 from api_app import WiredApi, wired_api
 from fastapi.testclient import TestClient
 
-from ivr.flow.controller import Readiness
+from ivr.health import Readiness
 from ivr.service import load_voice_tier, open_store
 from ivr.settings import Settings
 from voiceprint.audit import AuditEntry

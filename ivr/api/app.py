@@ -21,7 +21,7 @@ from ivr.api.services import ApiServices
 from ivr.api.tokens import tokens_router
 from ivr.api.voiceprint import voiceprint_router
 from ivr.auth.tokens import Principal
-from ivr.flow.controller import Readiness
+from ivr.health import Readiness
 from ivr.metrics import CONTENT_TYPE
 from ivr.routing.rules import INTENTS, rule_to_dict
 
@@ -70,9 +70,13 @@ def create_app(services: ApiServices | Readiness) -> FastAPI:
     app.state.tokens = services.tokens
     install_error_handlers(app)
 
-    @app.get("/api/v1/health", tags=["status"])
-    async def health() -> dict[str, str]:
-        """The process is up (public: for load balancers and probes)."""
+    @app.get("/api/v1/health", tags=["status"], responses={503: {"description": "broken"}})
+    async def health() -> Any:
+        """The process is up and can work (public: for load balancers and supervisors); 503
+        with the reason when a part it cannot run without has stopped."""
+        if readiness.fatal is not None:
+            return JSONResponse({"status": "failed", "reason": readiness.fatal},
+                                status_code=503)
         return {"status": "ok"}
 
     @app.get("/api/v1/ready", tags=["status"], response_model=ReadyOut,
@@ -81,7 +85,7 @@ def create_app(services: ApiServices | Readiness) -> FastAPI:
         """503 until everything the service needs is connected; the body says what is missing."""
         missing = readiness.missing()
         body = ReadyOut(ready=not missing, missing=missing, checks=readiness.checks(),
-                        degraded=readiness.degraded())
+                        degraded=readiness.degraded(), reasons=readiness.reasons())
         return JSONResponse(body.model_dump(), status_code=200 if not missing else 503)
 
     @app.get("/metrics", tags=["status"], response_class=PlainTextResponse,

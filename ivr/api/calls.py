@@ -27,7 +27,7 @@ from ivr.api.schemas import (
 )
 from ivr.api.services import ApiServices
 from ivr.auth.tokens import Principal
-from ivr.flow.monitor import MonitorRefused
+from ivr.errors import MonitorRefused
 from ivr.logs import mask_value
 from ivr.redaction import redact
 from ivr.store.repository import StoredCall

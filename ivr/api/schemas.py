@@ -120,6 +120,7 @@ class ReadyOut(BaseModel):
     missing: list[str]
     checks: dict[str, bool]
     degraded: dict[str, str]
+    reasons: dict[str, str] = {}  # why each missing check is missing, where known
 
 
 class MonitorIn(BaseModel):

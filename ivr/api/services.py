@@ -10,7 +10,7 @@ from fastapi import HTTPException
 
 from ivr.auth.tokens import TokenStore
 from ivr.bus import EventBus
-from ivr.flow.controller import Readiness
+from ivr.health import Readiness
 from ivr.routing.service import RoutingService
 from ivr.settings import PrivacySettings
 from ivr.store.repository import Store

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
@@ -23,8 +24,14 @@ class AriClient:
 
     def __init__(self, creds: AriCredentials, timeout_s: float = 5.0) -> None:
         self.creds = creds
-        self._http = httpx.AsyncClient(base_url=creds.base_url + "/ari",
-                                       auth=(creds.user, creds.password), timeout=timeout_s)
+        self.timeout_s = timeout_s
+        self._tls = ssl.create_default_context(cafile=creds.ca_file)
+        # A bounded pool: under a burst, requests wait here instead of opening more sockets
+        # than Asterisk's HTTP server takes (its session limit is 100).
+        self._http = httpx.AsyncClient(
+            base_url=creds.base_url + "/ari", auth=(creds.user, creds.password),
+            timeout=timeout_s, verify=self._tls,
+            limits=httpx.Limits(max_connections=40, max_keepalive_connections=40))
 
     async def __aenter__(self) -> AriClient:
         return self
@@ -61,9 +68,13 @@ class AriClient:
         url = self.creds.ws_url + ("&subscribeAll=true" if subscribe_all else "")
         token = base64.b64encode(f"{self.creds.user}:{self.creds.password}".encode()).decode()
         try:
+            # Pings find a frozen PBX (the TCP connection stays open) within about two
+            # request timeouts; the calls are then reconciled when it answers again.
             connection = await websockets.connect(
-                url, additional_headers={"Authorization": f"Basic {token}"}, open_timeout=5,
-                max_size=2**22)
+                url, additional_headers={"Authorization": f"Basic {token}"},
+                open_timeout=self.timeout_s, max_size=2**22,
+                ping_interval=self.timeout_s, ping_timeout=self.timeout_s,
+                ssl=self._tls if url.startswith("wss://") else None)
         except (OSError, InvalidHandshake, InvalidStatus, TimeoutError) as exc:
             raise AriUnavailableError(f"ARI events WebSocket: {type(exc).__name__}") from exc
         return AriEventStream(connection)

@@ -71,10 +71,11 @@ class ChannelStateChange(AriEvent):
 
 @dataclass(frozen=True)
 class ChannelHangupRequest(AriEvent):
-    """Someone asked to hang a channel up."""
+    """Someone asked to hang a channel up (``soft``: Asterisk itself, e.g. on shutdown)."""
 
     channel: Channel
     cause: int
+    soft: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,8 @@ def parse_event(data: dict[str, Any]) -> AriEvent:
         if kind == "ChannelStateChange":
             return ChannelStateChange(kind, app, data, channel)
         if kind == "ChannelHangupRequest":
-            return ChannelHangupRequest(kind, app, data, channel, int(data.get("cause", 0)))
+            return ChannelHangupRequest(kind, app, data, channel, int(data.get("cause", 0)),
+                                        bool(data.get("soft", False)))
         if kind == "ChannelDestroyed":
             return ChannelDestroyed(kind, app, data, channel, int(data.get("cause", 0)),
                                     str(data.get("cause_txt", "")))

@@ -33,11 +33,14 @@ class AriCredentials:
     user: str
     password: str
     app: str
+    ca_file: str | None = None  # https/wss: the CA that signed the PBX's certificate
 
     @property
     def ws_url(self) -> str:
         """Events WebSocket URL for the Stasis application."""
-        return self.base_url.replace("http://", "ws://", 1) + f"/ari/events?app={self.app}"
+        scheme, sep, rest = self.base_url.partition("://")
+        ws = {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme)
+        return f"{ws}{sep}{rest}/ari/events?app={self.app}"
 
 
 @dataclass(frozen=True)

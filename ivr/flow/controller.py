@@ -9,9 +9,9 @@ bridges still in our Stasis application and resumes each call, or sends it to th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +20,7 @@ from typing import Any
 from ivr.ari.client import AriClient
 from ivr.ari.events import (
     AriEvent,
+    Channel,
     ChannelDestroyed,
     ChannelDtmfReceived,
     ChannelHangupRequest,
@@ -29,7 +30,7 @@ from ivr.ari.events import (
 )
 from ivr.asterisk.instance import AriCredentials
 from ivr.bus import EventBus
-from ivr.errors import AriError
+from ivr.errors import AriError, AriRequestError, AriUnavailableError, MonitorRefused
 from ivr.flow.events import (
     AgentAnswered,
     AgentGone,
@@ -39,57 +40,31 @@ from ivr.flow.events import (
     PlaybackDone,
     Wake,
 )
-from ivr.flow.monitor import WHISPER, Monitoring, MonitorRefused
+from ivr.flow.monitor import WHISPER, Monitoring
+from ivr.flow.runner import run_call
 from ivr.flow.session import CallSession, FlowContext, Prompts, call_summary
 from ivr.flow.states import (
+    Answer,
     Connected,
     Ended,
-    Greeting,
     Queued,
     QueuePlan,
     Routing,
     State,
     listen,
-    run_call,
 )
 from ivr.flow.voice import VoiceTier
+from ivr.health import Readiness, TaskGroup
 from ivr.routing.acd import Distributor, agents_from_accounts
 from ivr.routing.rules import RoutingDecision
 from ivr.routing.service import RoutingService
-from ivr.settings import FlowSettings
+from ivr.settings import FlowSettings, HealthSettings
 from ivr.speech.listener import SpeechServices
+from ivr.store.journal import CallJournal
 from ivr.store.repository import VERIFY_STATES, Store, StoredCall
 from ivr.verification.codes import VerificationServices
 
 log = logging.getLogger(__name__)
-
-
-class Readiness:
-    """What the service still lacks before it can take calls."""
-
-    def __init__(self) -> None:
-        self._checks: dict[str, bool] = {"ari": False}
-        self._degraded: dict[str, str] = {}
-
-    def degrade(self, name: str, reason: str) -> None:
-        """Note a capability that is off without stopping calls (e.g. speech -> keypad only)."""
-        self._degraded[name] = reason
-
-    def degraded(self) -> dict[str, str]:
-        """Capabilities that are off, and why."""
-        return dict(self._degraded)
-
-    def set(self, name: str, ok: bool) -> None:
-        """Record the state of one dependency."""
-        self._checks[name] = ok
-
-    def checks(self) -> dict[str, bool]:
-        """Every dependency and whether it is available."""
-        return dict(self._checks)
-
-    def missing(self) -> list[str]:
-        """Dependencies that are not available."""
-        return sorted(name for name, ok in self._checks.items() if not ok)
 
 
 @dataclass
@@ -109,7 +84,8 @@ class HotlineController:
                  speech: SpeechServices | None = None,
                  verification: VerificationServices | None = None,
                  voice: VoiceTier | None = None, bus: EventBus | None = None,
-                 supervisor_phones: tuple[str, ...] = ()) -> None:
+                 supervisor_phones: tuple[str, ...] = (), health: HealthSettings | None = None,
+                 journal: CallJournal | None = None) -> None:
         self.creds = creds
         self.readiness = readiness
         self.store = store
@@ -125,8 +101,15 @@ class HotlineController:
         self.monitoring = Monitoring(creds.app, supervisor_phones)
         self._acd_pending = False
         distributor.on_change = self._acd_changed
+        self.health = health or HealthSettings.model_validate({})
+        self.journal = journal or CallJournal(readiness)
         self._media_channels: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.calls = TaskGroup("calls")  # one task per call's state machine
+        self.tasks = TaskGroup("controller")  # monitors, refusals, the sweep
+        self._suspects: set[str] = set()  # in our application without a state machine, once
+        self._pbx_started: str | None = None  # Asterisk's startup time, to see restarts
+        self._pbx_restarted = False
+        self.refused_total = 0
         self._reg = _Registry()
         self._ari: AriClient | None = None
         self._recent: dict[tuple[str, str, str, str], None] = {}
@@ -134,11 +117,12 @@ class HotlineController:
     # -- connection --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Stay connected until cancelled."""
+        """Stay connected until cancelled; no error ends this loop (each is logged and said in
+        /ready), so a PBX that comes back is always picked up again."""
         backoff = 0.5
         while True:
             try:
-                async with AriClient(self.creds) as ari:
+                async with AriClient(self.creds, self.health.ari_timeout_s) as ari:
                     stream = await ari.subscribe()
                     try:
                         self._ari = ari
@@ -148,13 +132,21 @@ class HotlineController:
                         self.readiness.set("ari", True)
                         log.info("ari connected", extra={"app": self.creds.app})
                         backoff = 0.5
-                        async for event in stream:
-                            self._dispatch(event)
+                        sweep = self.tasks.spawn(self._sweep_forever(ari), "sweep")
+                        try:
+                            async for event in stream:
+                                self._dispatch(event)
+                        finally:
+                            sweep.cancel()
                     finally:
                         self.readiness.set("ari", False)
                         await stream.aclose()
             except AriError as exc:
+                self.readiness.set("ari", False, f"ARI unavailable: {exc}")
                 log.warning("ari unavailable", extra={"error": str(exc)})
+            except Exception as exc:  # noqa: BLE001 - logged, said in /ready, retried
+                self.readiness.set("ari", False, f"controller error: {type(exc).__name__}: {exc}")
+                log.exception("controller connection failed; retrying")
             finally:
                 self.readiness.set("ari", False)
                 self._ari = None
@@ -162,27 +154,32 @@ class HotlineController:
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, self.max_backoff_s)
 
+    async def probe(self) -> None:
+        """One ARI request through the live connection (readiness: a frozen PBX fails it)."""
+        ari = self._ari
+        if ari is None:
+            raise AriUnavailableError("not connected")
+        await ari.request("GET", "/asterisk/ping")
+
     async def _drop_sessions(self) -> None:
         # The calls stay in the store as they were; reconciliation picks them up again.
         for session in list(self._reg.by_call.values()):
             for listener in session.listeners:
                 await listener.close_local()
-        for task in list(self._tasks):
-            task.cancel()
+        await self.calls.cancel_all()
         self._reg = _Registry()
-        self.distributor.waiting.clear()
+        self._suspects.clear()
+        # Claims and queue places are rebuilt on reconnect from what is really bridged and
+        # ringing: an agent must never stay busy for a call that no longer rings them.
+        self.distributor.release_all()
 
     async def aclose(self) -> None:
         """Cancel every call task (calls stay stored for the next start)."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.calls.cancel_all()
+        await self.tasks.cancel_all()
 
-    def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, coro: Any, what: str = "task", **context: Any) -> None:
+        self.tasks.spawn(coro, what, context)
 
     # -- live view ---------------------------------------------------------------------------
 
@@ -217,7 +214,14 @@ class HotlineController:
             register_channel=self._register_channel, register_playback=self._register_playback,
             forget=self._forget, wake_waiting=self._wake_waiting, speech=self.speech,
             ignore_channel=self._media_channels.add, verification=self.verification,
-            voice=self.voice, bus=self.bus)
+            voice=self.voice, bus=self.bus, journal=self.journal,
+            connected=lambda: self._ari is ari, fallback_plan=self._fallback_plan)
+
+    def _fallback_plan(self, s: CallSession) -> QueuePlan:
+        # The rules could not decide: the caller's region first, then every other region.
+        region = s.call.region or self.routing.settings.default_region
+        others = tuple(r for r in self.routing.regions if r != region)
+        return QueuePlan(region, None, 0, others, 30.0, 15.0, 300.0)
 
     def _route_call(self, s: CallSession, intent: str) -> RoutingDecision:
         decision, _rule = self.routing.decide_for(
@@ -252,7 +256,7 @@ class HotlineController:
         self._register_channel(session.channel_id, session)
         if session.agent_channel_id:
             self._register_channel(session.agent_channel_id, session)
-        self._spawn(run_call(session, first))
+        self.calls.spawn(run_call(session, first), "call", {"call_id": session.call_id})
 
     # -- events ------------------------------------------------------------------------------
 
@@ -272,6 +276,12 @@ class HotlineController:
         return False
 
     def _dispatch(self, event: AriEvent) -> None:
+        try:
+            self._route_event(event)
+        except Exception:  # noqa: BLE001 - one bad event must not cut every call's events
+            log.exception("ari event not handled", extra={"event": event.type})
+
+    def _route_event(self, event: AriEvent) -> None:
         if self._seen_before(event):
             return
         if isinstance(event, StasisStart):
@@ -281,10 +291,14 @@ class HotlineController:
                 self._agent_answered(event)
             elif event.args and event.args[0] == "supervisor":
                 if self._ari is not None:
-                    self._spawn(self.monitoring.answered(self._ari, event.channel.id))
+                    self._spawn(self.monitoring.answered(self._ari, event.channel.id), "monitor")
             else:
+                refusal = self._admission()
+                if refusal is not None:
+                    self._spawn(self._refuse(event, refusal), "refuse")
+                    return
                 self._reg.early[event.channel.id] = []
-                self._spawn(self._new_call(event))
+                self._spawn(self._new_call(event), "new_call", channel=event.channel.id)
             return
         if event.type == "EndpointStateChange":
             self._endpoint_changed(event.raw.get("endpoint") or {})
@@ -300,7 +314,7 @@ class HotlineController:
         if isinstance(event, ChannelDestroyed):
             self._media_channels.discard(channel.id)
         if isinstance(event, ChannelDestroyed | StasisEnd) and self.monitoring.owns(channel.id):
-            self._spawn(self.monitoring.channel_gone(self._ari, channel.id))
+            self._spawn(self.monitoring.channel_gone(self._ari, channel.id), "monitor")
             return
         flow_event = self._flow_event(event, channel.id)
         if flow_event is None:
@@ -311,7 +325,8 @@ class HotlineController:
                 self._reg.early[channel.id].append(flow_event)
             return
         if isinstance(flow_event, CallerGone) and channel.id != session.channel_id:
-            flow_event = AgentGone(channel.id, flow_event.cause, flow_event.cause_txt)
+            flow_event = AgentGone(channel.id, flow_event.cause, flow_event.cause_txt,
+                                   "pbx" if flow_event.by == "pbx" else "agent")
         session.deliver(flow_event)
 
     @staticmethod
@@ -323,7 +338,8 @@ class HotlineController:
         if isinstance(event, StasisEnd):
             return CallerGone(16, "left application")
         if isinstance(event, ChannelHangupRequest):
-            return CallerGone(event.cause, "hangup requested")
+            # A soft hang-up request comes from Asterisk itself (shutdown, restart), not a party.
+            return CallerGone(event.cause, "hangup requested", "pbx" if event.soft else "caller")
         return None
 
     def _agent_answered(self, event: StasisStart) -> None:
@@ -333,14 +349,54 @@ class HotlineController:
         if session is None or session.agent_channel_id != event.channel.id:
             # An agent leg nobody waits for any more (the caller left first): hang it up.
             if self._ari is not None:
-                self._spawn(self._hangup(self._ari, event.channel.id))
+                self._spawn(self._hangup(self._ari, event.channel.id), "hangup")
             return
         session.deliver(AgentAnswered(event.channel.id))
 
     @staticmethod
-    async def _hangup(ari: AriClient, channel_id: str) -> None:
-        with contextlib.suppress(AriError):
-            await ari.request("DELETE", f"/channels/{channel_id}")
+    async def _hangup(ari: AriClient, channel_id: str, reason: str | None = None) -> None:
+        try:
+            await ari.request("DELETE", f"/channels/{channel_id}",
+                              params={"reason": reason} if reason else None)
+        except AriRequestError as exc:
+            if exc.status != 404:
+                log.warning("hang-up refused", extra={"error": str(exc)})
+        except AriError as exc:
+            log.warning("hang-up failed; the sweep retries", extra={"error": str(exc)})
+
+    # -- admission control -------------------------------------------------------------------
+
+    def _admission(self) -> str | None:
+        """Why a new call must be refused now (overload), or None to take it."""
+        sessions = self._reg.by_call.values()
+        total = len(self._reg.by_call) + len(self._reg.early)
+        if total >= self.flow.max_calls:
+            return f"max_calls:{self.flow.max_calls}"
+        setting_up = len(self._reg.early) + sum(
+            1 for s in sessions if s.state_name in ("ringing", "answering"))
+        if setting_up >= self.flow.max_setup:
+            return f"max_setup:{self.flow.max_setup}"
+        if self._ari is None:
+            return "ari_unavailable"
+        return None
+
+    async def _refuse(self, event: StasisStart, why: str) -> None:
+        # Refused before answer: the caller hears busy (SIP 486) at once, and the call is
+        # stored as ended with the reason, so every call is accounted for.
+        self.refused_total += 1
+        channel = event.channel
+        log.warning("call refused", extra={"why": why, "calls": len(self._reg.by_call)})
+        if self._ari is not None:
+            await self._hangup(self._ari, channel.id, reason="busy")
+        now = datetime.now(UTC)
+        values: dict[str, Any] = {
+            "channel_id": channel.id, "caller_number": channel.caller_number,
+            "dialed_number": channel.dialplan_exten, "sip_call_id": None, "ended_at": now,
+            "hangup_cause": f"refused:{why}", "hangup_by": "system"}
+        call_id = uuid.uuid4().hex
+        store = self.store
+        await self.journal.write("refused", lambda: store.create_call(
+            call_id=call_id, started_at=now, state="ended", **values))
 
     def _endpoint_changed(self, endpoint: dict[str, Any]) -> None:
         if endpoint.get("technology") != "PJSIP":
@@ -398,62 +454,139 @@ class HotlineController:
         if ari is None:
             return
         channel = event.channel
-        sip_call_id = None
-        with contextlib.suppress(AriError):
-            var = await ari.request("GET", f"/channels/{channel.id}/variable",
-                                    params={"variable": "CHANNEL(pjsip,call-id)"})
-            sip_call_id = (var or {}).get("value") or None
-        resolution = self.routing.resolver.resolve(channel.caller_number)
-        call = await asyncio.to_thread(
-            self.store.create_call, channel_id=channel.id, caller_number=channel.caller_number,
-            dialed_number=channel.dialplan_exten, sip_call_id=sip_call_id,
-            region=resolution.region, region_source=resolution.source,
-            region_reason=resolution.reason, province=resolution.province,
-            city=resolution.city)
+        try:
+            call = await self._store_new_call(ari, channel)
+        except Exception:
+            # The caller must not sit in our application without a state machine.
+            self._reg.early.pop(channel.id, None)
+            log.exception("new call not taken", extra={"channel": channel.id})
+            await self._hangup(ari, channel.id, reason="congestion")
+            return
         session = CallSession(self._context(ari), call, channel.id,
                               language=self.flow.greeting_language)
         log.info("call started", extra={"call_id": call.id, "caller_number":
-                                        channel.caller_number, "region": resolution.region})
-        self._start(session, _Answer())
+                                        channel.caller_number, "region": call.region})
+        self._start(session, Answer())
+
+    async def _store_new_call(self, ari: AriClient, channel: Channel,
+                              state: str = "ringing") -> StoredCall:
+        sip_call_id = None
+        if state == "ringing":
+            try:
+                var = await ari.request("GET", f"/channels/{channel.id}/variable",
+                                        params={"variable": "CHANNEL(pjsip,call-id)"})
+                sip_call_id = (var or {}).get("value") or None
+            except AriError as exc:  # the SIP Call-ID is a convenience for lookups only
+                log.info("no sip call-id for a new call", extra={"error": str(exc)})
+        resolution = self.routing.resolver.resolve(channel.caller_number)
+        values: dict[str, Any] = {
+            "channel_id": channel.id, "caller_number": channel.caller_number,
+            "dialed_number": channel.dialplan_exten, "sip_call_id": sip_call_id,
+            "region": resolution.region, "region_source": resolution.source,
+            "region_reason": resolution.reason, "province": resolution.province,
+            "city": resolution.city}
+        call_id, now, store = uuid.uuid4().hex, datetime.now(UTC), self.store
+        stored = await self.journal.write("call_started", lambda: store.create_call(
+            call_id=call_id, started_at=now, state=state, **values))
+        return stored or StoredCall.fresh(call_id, started_at=now, state=state, **values)
 
     # -- reconciliation ----------------------------------------------------------------------
 
-    async def _reconcile(self, ari: AriClient) -> None:
+    async def _reconcile(self, ari: AriClient, sweep: bool = False) -> None:
+        """Make the store, our state machines and ARI agree.
+
+        On (re)connect: every stored active call is resumed, re-queued or closed, and every
+        channel in our application that no call holds is taken (callers) or hung up (our own
+        leftover legs). As a periodic sweep (``sweep``): the same for what has no live state
+        machine in two sweeps running, so nothing stays stranded even if a flow is lost."""
         app = await ari.request("GET", f"/applications/{self.creds.app}") or {}
         in_app = set(app.get("channel_ids") or [])
         bridges = {str(b["id"]) for b in await ari.request("GET", "/bridges") or []}
+        if not sweep:
+            await self._note_pbx_start(ari)
+        suspects: set[str] = set()
         known: set[str] = set()
         referenced: set[str] = set()
         for call in await asyncio.to_thread(self.store.active_calls):
             known.update(c for c in (call.channel_id, call.agent_channel_id) if c)
             referenced.update(b for b in (call.holding_bridge_id, call.mixing_bridge_id) if b)
-            await self._reconcile_call(ari, call, in_app, bridges)
-        for bridge_id in set(app.get("bridge_ids") or []) - referenced:
-            # Listening bridges of a controller that died, or bridges of calls already closed.
-            with contextlib.suppress(AriError):
-                await ari.request("DELETE", f"/bridges/{bridge_id}")
-        for channel_id in in_app - known:
-            # In our application but not in the store: an agent leg is hung up; a caller is
-            # treated as a new call that goes straight to the human queue.
-            channel = await self._channel(ari, channel_id)
-            if channel is None:
-                continue
-            name = str(channel.get("name", ""))
-            if (name.startswith(("PJSIP/agent-", "Snoop/", "UnicastRTP/"))
-                    or channel_id.startswith(("snoop-", "media-", "agent-"))):
-                await self._hangup(ari, channel_id)
-                continue
-            caller = (channel.get("caller") or {}).get("number", "")
-            resolution = self.routing.resolver.resolve(caller)
-            call = await asyncio.to_thread(
-                self.store.create_call, channel_id=channel_id, caller_number=caller,
-                dialed_number=(channel.get("dialplan") or {}).get("exten", ""),
-                sip_call_id=None, region=resolution.region, region_source=resolution.source,
-                region_reason=resolution.reason, province=resolution.province,
-                city=resolution.city, state="menu")
-            session = CallSession(self._context(ari), call, channel_id)
-            await session.record("reconciled", {"action": "human_queue", "why": "not stored"})
-            self._start(session, Routing("human_agent", "reconciled"))
+            if sweep:
+                if call.id in self._reg.by_call:
+                    continue
+                suspects.add(call.id)
+                if call.id not in self._suspects:
+                    continue
+            await self._reconcile_call(ari, call, in_app, bridges, sweep)
+        live = self._live_ids()
+        if not sweep:
+            for bridge_id in set(app.get("bridge_ids") or []) - referenced:
+                # Listening bridges of a controller that died, or bridges of closed calls.
+                await self._destroy(ari, bridge_id)
+        for channel_id in in_app - known - live:
+            if sweep:
+                suspects.add(channel_id)
+                if channel_id not in self._suspects:
+                    continue
+            await self._adopt(ari, channel_id)
+        self._suspects = suspects
+
+    def _live_ids(self) -> set[str]:
+        ids = set(self._reg.by_channel) | set(self._reg.early) | self._media_channels
+        for session in self._reg.by_call.values():
+            for listener in session.listeners:
+                ids.update((listener.snoop_id, listener.media_id))
+        return {i for i in ids if i} | self.monitoring.channel_ids()
+
+    async def _adopt(self, ari: AriClient, channel_id: str) -> None:
+        # In our application but no call holds it: an agent or listening leg is hung up; a
+        # caller whose call already ended is hung up; any other caller goes to the human queue.
+        channel = await self._channel(ari, channel_id)
+        if channel is None:
+            return
+        name = str(channel.get("name", ""))
+        if (name.startswith(("PJSIP/agent-", "Snoop/", "UnicastRTP/"))
+                or channel_id.startswith(("snoop-", "media-", "agent-"))):
+            await self._hangup(ari, channel_id)
+            return
+        stored = await asyncio.to_thread(self.store.find_by_channel, channel_id)
+        if stored is not None and stored.state == "ended":
+            log.warning("caller of an ended call still in the application; hung up",
+                        extra={"call_id": stored.id})
+            await self._hangup(ari, channel_id)
+            return
+        call = await self._store_new_call(ari, Channel.from_json(channel), state="menu")
+        session = CallSession(self._context(ari), call, channel_id)
+        await session.record("reconciled", {"action": "human_queue", "why": "not stored"})
+        log.warning("caller without a call flow taken to the human queue",
+                    extra={"call_id": call.id})
+        self._start(session, Routing("human_agent", "reconciled"))
+
+    async def _note_pbx_start(self, ari: AriClient) -> None:
+        try:
+            info = await ari.request("GET", "/asterisk/info") or {}
+        except AriError as exc:
+            log.info("asterisk info unavailable", extra={"error": str(exc)})
+            return
+        started = str((info.get("status") or {}).get("startup_time") or "") or None
+        self._pbx_restarted = (self._pbx_started is not None and started is not None
+                               and started != self._pbx_started)
+        self._pbx_started = started
+
+    async def _destroy(self, ari: AriClient, bridge_id: str) -> None:
+        try:
+            await ari.request("DELETE", f"/bridges/{bridge_id}")
+        except AriError as exc:
+            log.info("leftover bridge not removed", extra={"error": str(exc)})
+
+    async def _sweep_forever(self, ari: AriClient) -> None:
+        while True:
+            await asyncio.sleep(self.flow.sweep_every_s)
+            try:
+                await self._reconcile(ari, sweep=True)
+            except AriError as exc:
+                log.warning("sweep skipped: ari", extra={"error": str(exc)})
+            except Exception:  # noqa: BLE001 - logged; the next sweep tries again
+                log.exception("sweep failed")
 
     @staticmethod
     async def _channel(ari: AriClient, channel_id: str) -> dict[str, Any] | None:
@@ -464,7 +597,7 @@ class HotlineController:
             return None
 
     async def _reconcile_call(self, ari: AriClient, call: StoredCall, in_app: set[str],
-                              bridges: set[str]) -> None:
+                              bridges: set[str], sweep: bool = False) -> None:
         ctx = self._context(ari)
         session = CallSession(ctx, call, call.channel_id, language=call.language,
                               menu_path=list(call.menu_path), agent_id=call.agent_id,
@@ -474,11 +607,17 @@ class HotlineController:
                               mixing_bridge_id=call.mixing_bridge_id
                               if call.mixing_bridge_id in bridges else None)
         if call.channel_id not in in_app:
-            session.gone = CallerGone(16, "gone while the controller was away")
+            # Who ended it is unknown, unless the PBX restarted meanwhile (then the PBX did).
+            if sweep:
+                cause, by = f"lost:{call.state}", "unknown"
+            elif self._pbx_restarted:
+                cause, by = f"pbx_restart:{call.state}", "pbx"
+            else:
+                cause, by = f"caller_gone_during_outage:{call.state}", "unknown"
+            session.gone = CallerGone(16, "gone while the controller was away", by)
             await session.record("reconciled", {"action": "ended", "from_state": call.state})
             self._reg.by_call[call.id] = session
-            self._spawn(run_call(session, Ended(f"caller_gone_during_outage:{call.state}",
-                                                "caller")))
+            self.calls.spawn(run_call(session, Ended(cause, by)), "call", {"call_id": call.id})
             return
         plan = QueuePlan.from_route(call.route) if call.route else None
         agent_up = call.agent_channel_id in in_app if call.agent_channel_id else False
@@ -510,18 +649,6 @@ class HotlineController:
             await listen(session, call.agent_channel_id, "agent")
         log.info("call reconciled", extra={"call_id": call.id, "action": action})
         self._start(session, first)
-
-
-class _Answer:
-    """First state: answer the channel and note when."""
-
-    name = "answering"
-
-    async def run(self, s: CallSession) -> State | None:
-        await s.ctx.ari.request("POST", f"/channels/{s.channel_id}/answer")
-        await s.record("answered", {}, answered_at=datetime.now(UTC), state="greeting")
-        await listen(s, s.channel_id, "caller")
-        return Greeting()
 
 
 def distributor_for(agents: Sequence[tuple[str, str]], skills: dict[str, list[str]],

@@ -25,6 +25,7 @@ class CallerGone:
 
     cause: int
     cause_txt: str
+    by: str = "caller"  # who ended it: "caller", or "pbx" (Asterisk shut down or cut it)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class AgentGone:
     channel_id: str
     cause: int
     cause_txt: str
+    by: str = "agent"  # who ended it: "agent", or "pbx"
 
 
 @dataclass(frozen=True)

@@ -21,20 +21,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ivr.ari.client import AriClient
-from ivr.errors import AriError, AriRequestError
+from ivr.errors import AriError, AriRequestError, MonitorRefused
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["listen", "whisper", "barge"]
 WHISPER: dict[str, str] = {"listen": "none", "whisper": "out", "barge": "both"}
-
-
-class MonitorRefused(Exception):
-    """The monitor cannot start (no such call, no agent to whisper to, unknown phone)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass
@@ -69,6 +61,10 @@ class Monitoring:
     def owns(self, channel_id: str) -> bool:
         """Whether the channel is a supervisor phone leg or a monitor's snoop."""
         return channel_id in self._by_channel
+
+    def channel_ids(self) -> set[str]:
+        """Every channel a monitor holds."""
+        return set(self._by_channel)
 
     async def start(self, ari: AriClient, call_id: str, mode: Mode, phone: str,
                     caller_channel: str, agent_channel: str | None) -> Monitor:

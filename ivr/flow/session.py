@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ivr.ari.client import AriClient
@@ -26,6 +25,7 @@ from ivr.flow.events import (
 )
 from ivr.routing.acd import Distributor
 from ivr.settings import FlowSettings
+from ivr.store.journal import CallJournal
 from ivr.store.repository import Store, StoredCall
 
 if TYPE_CHECKING:
@@ -94,6 +94,11 @@ class FlowContext:
     verification: VerificationServices | None = None
     voice: VoiceTier | None = None  # None: no tier 2 (no model, no master key, or disabled)
     bus: EventBus | None = None  # live view: every recorded call event is published here
+    journal: CallJournal = field(default_factory=CallJournal)
+    # Whether this context's ARI connection is still the controller's live one.
+    connected: Callable[[], bool] = lambda: True
+    # Where a call goes when its own route cannot be decided (rules failed): (session) -> plan.
+    fallback_plan: Callable[..., Any] | None = None
 
 
 @dataclass
@@ -115,6 +120,9 @@ class CallSession:
     state_name: str = "ringing"
     pending: list[FlowEvent] = field(default_factory=list)
     listeners: list[LegListener] = field(default_factory=list)
+    internal_errors: int = 0  # errors of our own this call met (each degrades it)
+    stalls: int = 0  # ARI requests of this call that timed out with the connection up
+    keypad_only: bool = False  # speech was turned off for this call after an error
 
     @property
     def call_id(self) -> str:
@@ -157,8 +165,11 @@ class CallSession:
     async def record(self, kind: str, data: dict[str, Any] | None = None,
                      **values: Any) -> None:
         """Durably append an event (and update fields) before the flow goes on."""
-        self.call = await asyncio.to_thread(self.ctx.store.record, self.call_id, kind,
-                                            data or {}, **values)
+        at, store, call_id = datetime.now(UTC), self.ctx.store, self.call_id
+        stored = await self.ctx.journal.write(
+            kind, lambda: store.record(call_id, kind, data or {}, at=at, **values))
+        # The database is away: the flow goes on with its own view; the journal stores it later.
+        self.call = stored if stored is not None else replace(self.call, **values)
         if self.ctx.bus is not None:
             self.ctx.bus.publish("call", self.call_id, {"kind": kind, "data": data or {},
                                                         "call": call_summary(self.call)})
@@ -198,8 +209,7 @@ class CallSession:
 
     async def stop_playback(self, playback_id: str) -> None:
         """Stop a playback if it is still going."""
-        with contextlib.suppress(AriError):
-            await self.ctx.ari.request("DELETE", f"/playbacks/{playback_id}")
+        await self.cleanup("DELETE", f"/playbacks/{playback_id}")
 
     async def wait_input(self, within_s: float) -> CallerInput | None:
         """The caller's next key or utterance within ``within_s`` seconds."""
@@ -244,11 +254,21 @@ class CallSession:
     async def hangup_channel(self, channel_id: str | None) -> None:
         """Hang up a channel; already gone is fine."""
         if channel_id:
-            with contextlib.suppress(AriError):
-                await self.ctx.ari.request("DELETE", f"/channels/{channel_id}")
+            await self.cleanup("DELETE", f"/channels/{channel_id}")
 
     async def destroy_bridge(self, bridge_id: str | None) -> None:
         """Destroy a bridge; already gone is fine."""
         if bridge_id:
-            with contextlib.suppress(AriError):
-                await self.ctx.ari.request("DELETE", f"/bridges/{bridge_id}")
+            await self.cleanup("DELETE", f"/bridges/{bridge_id}")
+
+    async def cleanup(self, method: str, path: str) -> None:
+        """A best-effort ARI request: gone already (404) is fine, anything else is logged
+        (the controller's sweep removes what is left once ARI answers again)."""
+        try:
+            await self.ctx.ari.request(method, path)
+        except AriRequestError as exc:
+            if exc.status != 404:
+                log.warning("ari cleanup refused", extra={"call_id": self.call_id,
+                                                          "error": str(exc)})
+        except AriError as exc:
+            log.warning("ari cleanup failed", extra={"call_id": self.call_id, "error": str(exc)})

@@ -5,14 +5,15 @@
                   |         \\-> Callback / Ended (after hours)
                   \\-> (3 failures) Routing(human_agent)
 
-A caller hang-up in any state raises :class:`CallerHungUp` out of the state; the runner turns it
-into ``Ended``, which tears down everything the call created.
+A caller hang-up in any state raises :class:`CallerHungUp` out of the state; the runner
+(:mod:`ivr.flow.runner`) turns it into ``Ended``, which tears down everything the call created,
+and turns stalled ARI requests and internal errors into a fallback for the caller.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 import logging
 import re
 import uuid
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 from asr.errors import AsrError
 from ivr.errors import AriError, AriUnavailableError
 from ivr.flow.events import AgentAnswered, AgentGone, CallerInput, Dtmf
-from ivr.flow.session import CallerHungUp, CallSession
+from ivr.flow.session import CallSession
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,20 @@ class QueuePlan:
 
 
 # -- greeting and menu ------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    """First state: answer the channel, note when, and start hearing the caller."""
+
+    name: str = "answering"
+
+    async def run(self, s: CallSession) -> State | None:
+        await s.ctx.ari.request("POST", f"/channels/{s.channel_id}/answer")
+        await s.record("answered", {}, answered_at=datetime.now(UTC), state="greeting")
+        if not s.listeners:
+            await listen(s, s.channel_id, "caller")
+        return Greeting()
 
 
 @dataclass
@@ -346,8 +361,9 @@ class Callback:
             digits = await s.keyed_digits(heard, max_digits=16)
             if _CALLBACK_NUMBER.match(digits):
                 region = s.call.route_region or s.call.region
-                await asyncio.to_thread(s.ctx.store.add_callback, s.call_id, digits, region,
-                                        self.reason)
+                await s.ctx.journal.write("callback", functools.partial(
+                    s.ctx.store.add_callback, s.call_id, digits, region, self.reason,
+                    at=datetime.now(UTC)))
                 await s.play(["callback_confirm", "goodbye"], interruptible=False)
                 return Ended("callback_requested", "system")
             await s.record("callback_invalid", {"length": len(digits)})
@@ -365,28 +381,45 @@ class Ended:
     name: str = "ended"
 
     async def run(self, s: CallSession) -> State | None:
-        dist = s.ctx.distributor
-        dist.leave(s.call_id)
-        for listener in s.listeners:
-            await listener.close()
-        s.listeners.clear()
-        if s.agent_id is not None:
-            dist.release(s.agent_id, s.call_id, talked=s.call.connected_at is not None)
-        await s.hangup_channel(s.agent_channel_id)
-        await s.destroy_bridge(s.mixing_bridge_id)
-        await s.destroy_bridge(s.holding_bridge_id)
-        if s.gone is None:
-            await s.hangup_channel(s.channel_id)
+        await release_call(s)
         await s.record("ended", {"cause": self.cause, "by": self.by}, state=self.name,
                        ended_at=datetime.now(UTC), hangup_cause=self.cause, hangup_by=self.by)
         s.ctx.wake_waiting()
         return None
 
 
+async def release_agent(s: CallSession) -> None:
+    """Give back the agent this call holds (claim, leg, its listener, the mixing bridge)."""
+    if s.agent_id is not None:
+        s.ctx.distributor.release(s.agent_id, s.call_id, talked=s.call.connected_at is not None)
+    for listener in [item for item in s.listeners if item.speaker != "caller"]:
+        s.listeners.remove(listener)
+        await listener.close()
+    await s.hangup_channel(s.agent_channel_id)
+    await s.destroy_bridge(s.mixing_bridge_id)
+    s.agent_id = s.agent_channel_id = s.mixing_bridge_id = None
+
+
+async def release_call(s: CallSession) -> None:
+    """Give back everything the call holds: queue place, agent, listeners, bridges, channel.
+
+    Each step stands alone (ARI errors are already absorbed by the helpers), so a failure in
+    one never keeps the others from running."""
+    s.ctx.distributor.leave(s.call_id)
+    await release_agent(s)
+    for listener in s.listeners:
+        await listener.close()
+    s.listeners.clear()
+    await s.destroy_bridge(s.holding_bridge_id)
+    s.holding_bridge_id = None
+    if s.gone is None:
+        await s.hangup_channel(s.channel_id)
+
+
 async def listen(s: CallSession, channel_id: str | None, speaker: str) -> None:
     """Start transcribing one leg; without speech services, or on failure, stay keypad-only."""
     speech = s.ctx.speech
-    if speech is None or channel_id is None:
+    if speech is None or channel_id is None or (s.keypad_only and speaker == "caller"):
         return
     from ivr.speech.listener import LegListener
 
@@ -406,26 +439,3 @@ async def listen(s: CallSession, channel_id: str | None, speaker: str) -> None:
         await s.record("speech_unavailable", {"speaker": speaker, "error": str(exc)})
         return
     s.listeners.append(listener)
-
-
-async def run_call(s: CallSession, first: State) -> None:
-    """Drive the states until the call ends; never lets an error escape silently."""
-    state: State | None = first
-    while state is not None:
-        s.state_name = state.name
-        try:
-            state = await state.run(s)
-        except CallerHungUp:
-            state = Ended(f"caller_hangup:{s.state_name}", "caller")
-        except AriUnavailableError:
-            # ARI is down: leave the call as stored; reconciliation resumes it on reconnect.
-            log.warning("ari lost mid-call; call left for reconciliation",
-                        extra={"call_id": s.call_id, "state": s.state_name})
-            return
-        except Exception:
-            log.exception("call flow failed", extra={"call_id": s.call_id,
-                                                     "state": s.state_name})
-            if s.state_name == "ended":
-                return
-            state = Ended(f"internal_error:{s.state_name}", "system")
-    s.ctx.forget(s)

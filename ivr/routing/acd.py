@@ -96,6 +96,14 @@ class Distributor:
             entry.excluded.add(agent_id)
         self.on_change()
 
+    def release_all(self) -> None:
+        """Forget every claim and waiting call: the controller lost ARI and rebuilds both from
+        what is really bridged and ringing when it reconnects."""
+        for agent in self.agents.values():
+            agent.call_id = None
+        self.waiting.clear()
+        self.on_change()
+
     def mark_talking(self, agent_id: str, call_id: str) -> None:
         """Restore a connected call after a restart: the agent is busy with it."""
         agent = self.agents.get(agent_id)

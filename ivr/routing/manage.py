@@ -35,14 +35,15 @@ that overlap within one list):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import threading
 import zoneinfo
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -185,6 +186,22 @@ class ImportOutcome:
     updated: tuple[str, ...]
     deleted: tuple[str, ...]
     unchanged: tuple[str, ...]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _refreshes(method: F) -> F:
+    """After a change is committed, the routing snapshot is refreshed before returning, so the
+    next call is routed by the new rules."""
+
+    @functools.wraps(method)
+    def wrapper(self: RuleBook, *args: Any, **kwargs: Any) -> Any:
+        result = method(self, *args, **kwargs)
+        self.routing.refresh()
+        return result
+
+    return wrapper  # type: ignore[return-value]
 
 
 def rule_etag(version: int) -> str:
@@ -382,6 +399,7 @@ class RuleBook:
 
     # ---- writing -------------------------------------------------------------------------
 
+    @_refreshes
     def create(self, body: Mapping[str, Any], by: str) -> StoredRule:
         """Add a rule; without ``position`` it goes last, without ``id`` one is made from the name.
 
@@ -407,6 +425,7 @@ class RuleBook:
                 raise RuleExists(rule_id) from exc
             return stored
 
+    @_refreshes
     def replace(self, rule_id: str, body: Mapping[str, Any], if_match: str | None, by: str
                 ) -> StoredRule:
         """Replace a rule (``position`` kept when not given); the version goes up by one."""
@@ -432,6 +451,7 @@ class RuleBook:
                 return current  # nothing to record; the version stays
             return self._update(session, current, normalized, by, "update")
 
+    @_refreshes
     def delete(self, rule_id: str, if_match: str | None, by: str) -> None:
         """Remove a rule; its history stays."""
         with self._write, self._sessions() as session, session.begin():
@@ -442,6 +462,7 @@ class RuleBook:
             self._check_match(current.etag, parse_if_match(if_match), f"rule '{rule_id}'")
             self._remove(session, current, by, "delete")
 
+    @_refreshes
     def import_yaml(self, text: str, if_match: str | None, by: str) -> ImportOutcome:
         """Replace the whole set from a YAML document, all or nothing.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
@@ -43,6 +44,9 @@ class RoutingService:
                                                  default_region=settings.default_region)
         self.calendar = Calendar(ZoneInfo(settings.timezone), frozenset(settings.holidays))
         self._vip = frozenset(settings.vip_numbers)
+        self._lock = threading.Lock()
+        self._rules: tuple[Rule, ...] | None = None
+        self._stamp: tuple[tuple[str, int], ...] = ()
 
     def seed_rules(self) -> bool:
         """Load the configured (or shipped) rules into an empty store; True when loaded."""
@@ -53,10 +57,25 @@ class RoutingService:
             rules = load_default_rules(self.regions)
         return self.store.seed_rules([rule_to_dict(rule) for rule in rules])
 
+    def refresh(self) -> bool:
+        """Re-read and re-validate the stored rules if they changed (ids and versions); True
+        when the snapshot was replaced. Blocking: call it in a worker thread."""
+        stamp = self.store.rule_stamp()
+        if self._rules is not None and stamp == self._stamp:
+            return False
+        rules = tuple(rule_from_dict(body, regions=self.regions, index=i)
+                      for i, body in enumerate(self.store.rule_bodies()))
+        with self._lock:
+            self._rules, self._stamp = rules, stamp
+        return True
+
     def rules(self) -> list[Rule]:
-        """The rules in force now (read fresh: a change applies to the next call)."""
-        return [rule_from_dict(body, regions=self.regions, index=i)
-                for i, body in enumerate(self.store.rule_bodies())]
+        """The rules in force: an in-memory snapshot, so routing a call never touches the
+        database on the event loop. Changes through the API refresh it before they return
+        (the next call sees them); changes by other processes within ``refresh_every_s``."""
+        if self._rules is None:
+            self.refresh()
+        return list(self._rules or ())
 
     def is_vip(self, caller_number: str) -> bool:
         """Whether the number is on the VIP list (compared on digits)."""

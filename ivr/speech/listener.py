@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -32,6 +32,7 @@ from ivr.flow.events import FlowEvent, IntentHeard, Spoken
 from ivr.flow.events import SpeechStarted as FlowSpeechStarted
 from ivr.redaction import redact
 from ivr.settings import AsrSettings
+from ivr.store.journal import CallJournal
 from ivr.store.repository import Store
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,12 @@ class SpeechServices:
     redact_stored: bool = False
     # Second opinion on each webrtcvad onset (Silero); None: webrtcvad alone.
     onset_check: Callable[[bytes], bool] | None = None
+    journal: CallJournal = field(default_factory=CallJournal)  # shared with the call flow
+
+
+def _host(address: str) -> str:
+    """An address as it goes before ``:port`` (IPv6 in brackets)."""
+    return f"[{address}]" if ":" in address and not address.startswith("[") else address
 
 
 class LegListener:
@@ -92,15 +99,18 @@ class LegListener:
         services = self.services
         self.port = services.ports.allocate()
         try:
-            self.receiver = await RtpReceiver.bind(self.port)
+            settings = services.settings
+            self.receiver = await RtpReceiver.bind(
+                self.port, host=settings.media_bind or settings.media_host)
             for channel in (self.snoop_id, self.media_id):
                 self.ignore_channel(channel)
             await self.ari.request("POST", f"/channels/{self.channel_id}/snoop", params={
                 "spy": "in", "app": self.app, "appArgs": f"snoop,{self.call_id}",
                 "snoopId": self.snoop_id})
             await self.ari.request("POST", "/channels/externalMedia", params={
-                "app": self.app, "external_host": f"127.0.0.1:{self.port}", "format": "slin16",
-                "channelId": self.media_id, "encapsulation": "rtp", "transport": "udp"})
+                "app": self.app, "external_host": f"{_host(settings.media_host)}:{self.port}",
+                "format": "slin16", "channelId": self.media_id, "encapsulation": "rtp",
+                "transport": "udp"})
             await self.ari.request("POST", "/bridges", params={
                 "type": "mixing", "bridgeId": self.bridge_id, "name": f"listen-{self.call_id}"})
             await self._join_bridge()
@@ -205,11 +215,12 @@ class LegListener:
         kept = redact(transcript.text) if services.redact_stored else transcript.text
         start_s = self._offset_s + utterance.start_s
         end_s = self._offset_s + utterance.end_s
-        await asyncio.to_thread(
-            services.store.add_transcript, self.call_id, speaker=self.speaker, start_s=start_s,
-            end_s=end_s, text=kept, language=transcript.language,
-            confidence=transcript.confidence, model=transcript.model, intent=intent,
-            intent_confidence=confidence, dropped_reason=transcript.dropped_reason)
+        at, store, call_id, speaker = datetime.now(UTC), services.store, self.call_id, self.speaker
+        await services.journal.write("transcript", lambda: store.add_transcript(
+            call_id, speaker=speaker, start_s=start_s, end_s=end_s, text=kept,
+            language=transcript.language, confidence=transcript.confidence,
+            model=transcript.model, intent=intent, intent_confidence=confidence,
+            dropped_reason=transcript.dropped_reason, at=at))
         services.bus.publish("transcript.final", self.call_id, {
             "speaker": self.speaker, "start_s": round(start_s, 3), "end_s": round(end_s, 3),
             "text": kept, "language": transcript.language, "intent": intent,

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Engine, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from ivr.store.db import SQLITE_BUSY_TIMEOUT_MS
 from ivr.store.models import (
     AgentRow,
     CallbackRequestRow,
@@ -82,6 +83,15 @@ class StoredCall:
     ended_at: datetime | None
     hangup_cause: str | None
     hangup_by: str | None
+
+    @classmethod
+    def fresh(cls, call_id: str, *, started_at: datetime, state: str = "ringing",
+              **values: Any) -> StoredCall:
+        """A new call as ``Store.create_call`` stores it, made without the database."""
+        blank: dict[str, Any] = {f.name: None for f in fields(cls)}
+        blank.update(id=call_id, started_at=started_at, state=state, menu_path=[],
+                     overflow=False, language="zh", **values)
+        return cls(**blank)
 
     @classmethod
     def from_row(cls, row: CallRow) -> StoredCall:
@@ -154,15 +164,17 @@ class Store:
 
     def create_call(self, *, channel_id: str, caller_number: str, dialed_number: str,
                     sip_call_id: str | None, state: str = "ringing",
-                    started_at: datetime | None = None, **extra: Any) -> StoredCall:
-        """Insert a new call and its first event."""
+                    started_at: datetime | None = None, call_id: str | None = None,
+                    **extra: Any) -> StoredCall:
+        """Insert a new call and its first event (``call_id``: chosen by the caller)."""
         unknown = set(extra) - _CALL_COLUMNS
         if unknown:
             raise ValueError(f"unknown call fields: {sorted(unknown)}")
         now = started_at or utcnow()
-        row = CallRow(id=uuid.uuid4().hex, channel_id=channel_id, caller_number=caller_number,
-                      dialed_number=dialed_number, sip_call_id=sip_call_id, state=state,
-                      started_at=now, menu_path=[], overflow=False, language="zh", **extra)
+        row = CallRow(id=call_id or uuid.uuid4().hex, channel_id=channel_id,
+                      caller_number=caller_number, dialed_number=dialed_number,
+                      sip_call_id=sip_call_id, state=state, started_at=now, menu_path=[],
+                      overflow=False, language="zh", **extra)
         with self._session() as session, session.begin():
             session.add(row)
             session.flush()
@@ -175,12 +187,13 @@ class Store:
         return self._change(call_id, None, None, values)
 
     def record(self, call_id: str, kind: str, data: dict[str, Any] | None = None,
-               **values: Any) -> StoredCall:
-        """Append an event and (optionally) change call fields in one transaction."""
-        return self._change(call_id, kind, data, values)
+               at: datetime | None = None, **values: Any) -> StoredCall:
+        """Append an event (that happened ``at``, default now) and change call fields, in
+        one transaction."""
+        return self._change(call_id, kind, data, values, at)
 
     def _change(self, call_id: str, kind: str | None, data: dict[str, Any] | None,
-                values: dict[str, Any]) -> StoredCall:
+                values: dict[str, Any], at: datetime | None = None) -> StoredCall:
         unknown = set(values) - _CALL_COLUMNS
         if unknown:
             raise ValueError(f"unknown call fields: {sorted(unknown)}")
@@ -191,9 +204,28 @@ class Store:
             for key, value in values.items():
                 setattr(row, key, value)
             if kind is not None:
-                session.add(CallEventRow(call_id=call_id, at=utcnow(), kind=kind,
+                session.add(CallEventRow(call_id=call_id, at=at or utcnow(), kind=kind,
                                          data=data or {}))
         return StoredCall.from_row(row)
+
+    def probe_write(self) -> None:
+        """Take the database's write lock and give it back at once (readiness probe): raises
+        when writes would block or fail."""
+        if self.engine.dialect.name != "sqlite":
+            with self.engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+            return
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute("PRAGMA busy_timeout=200")
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+                cursor.execute("ROLLBACK")
+            finally:
+                cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        finally:
+            raw.close()
 
     def get_call(self, call_id: str) -> StoredCall | None:
         """A call by our id or by the SIP Call-ID of its inbound leg."""
@@ -254,9 +286,10 @@ class Store:
     def add_transcript(self, call_id: str, *, speaker: str, start_s: float, end_s: float,
                        text: str, language: str, confidence: float, model: str,
                        intent: str | None = None, intent_confidence: float | None = None,
-                       dropped_reason: str | None = None) -> TranscriptEntry:
+                       dropped_reason: str | None = None,
+                       at: datetime | None = None) -> TranscriptEntry:
         """Store one final utterance."""
-        now = utcnow()
+        now = at or utcnow()
         with self._session() as session, session.begin():
             row = TranscriptRow(call_id=call_id, speaker=speaker, start_s=start_s, end_s=end_s,
                                 text=text, language=language, confidence=confidence,
@@ -276,9 +309,9 @@ class Store:
     # -- callbacks ---------------------------------------------------------------------------
 
     def add_callback(self, call_id: str, number: str, region: str | None,
-                     reason: str) -> CallbackRequest:
+                     reason: str, at: datetime | None = None) -> CallbackRequest:
         """Store a callback request (and the number on the call record)."""
-        now = utcnow()
+        now = at or utcnow()
         with self._session() as session, session.begin():
             row = CallbackRequestRow(call_id=call_id, number=number, region=region,
                                      reason=reason, created_at=now, status="open")
@@ -314,6 +347,13 @@ class Store:
                                          enabled=True, updated_at=now))
                 else:
                     row.region, row.skills, row.updated_at = region, list(skills), now
+
+    def rule_stamp(self) -> tuple[tuple[str, int], ...]:
+        """Ids and versions of the stored rules: changes when any rule does."""
+        with self._session() as session:
+            rows = session.execute(select(RoutingRuleRow.id, RoutingRuleRow.version)
+                                   .order_by(RoutingRuleRow.id)).all()
+            return tuple((str(r[0]), int(r[1])) for r in rows)
 
     def rule_bodies(self) -> list[dict[str, Any]]:
         """Stored routing rules (dict form) by position."""
