@@ -507,7 +507,10 @@ class HotlineController:
         suspects: set[str] = set()
         known: set[str] = set()
         referenced: set[str] = set()
-        for call in await asyncio.to_thread(self.store.active_calls):
+        calls = await asyncio.to_thread(self.store.active_calls)
+        # Connected calls first: their agents are marked busy before any resumed queue claims.
+        calls.sort(key=lambda c: c.state != "connected")
+        for call in calls:
             known.update(c for c in (call.channel_id, call.agent_channel_id) if c)
             referenced.update(b for b in (call.holding_bridge_id, call.mixing_bridge_id) if b)
             if sweep:
