@@ -230,7 +230,13 @@ async def serve_async(settings: Settings) -> int:
     routing = RoutingService(store, settings.routing, settings.regions)
     if await asyncio.to_thread(routing.seed_rules):
         log.info("routing rules loaded into an empty store")
-    await asyncio.to_thread(routing.refresh)
+    try:
+        await asyncio.to_thread(routing.refresh)
+    except IvrError as exc:
+        # Calls still flow: each one that cannot be routed goes to the fallback queue.
+        readiness.degrade("routing", f"stored routing rules invalid, fallback queue: {exc}")
+        log.error("stored routing rules invalid; calls use the fallback queue",
+                  extra={"error": str(exc)})
     bus = EventBus()
     speech = await load_speech(settings, store, readiness, bus)
     if speech is not None:
