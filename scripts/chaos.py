@@ -103,7 +103,7 @@ class Drill:
 
     def hang_up_all(self) -> None:
         for call in self.callers:
-            if not call.ended():
+            if not call.ended:
                 call.hangup()
         for call in self.callers:
             call.wait_ended(15)
@@ -140,7 +140,19 @@ class Drill:
         for item in self.hotline.get("/calls", "admin", limit=500).json()["items"]:
             causes[(item["hangup_cause"] or "none").split(":")[0]] += 1
         return {"causes": dict(causes), "active": len(self.active()),
-                "left_in_stasis": len(app["channel_ids"]) + len(app["bridge_ids"])}
+                "left_in_stasis": len(app["channel_ids"]) + len(app["bridge_ids"]),
+                **self.loop_lag()}
+
+    def loop_lag(self) -> dict[str, float]:
+        """The controller's event-loop lag (p99 over the last minute, max since start)."""
+        text = httpx.get(f"{self.hotline.api.removesuffix('/api/v1')}/metrics",
+                         headers=self.hotline.headers("admin"), timeout=5).text
+        values = {}
+        for line in text.splitlines():
+            for name in ("p99", "max"):
+                if line.startswith(f"ivr_event_loop_lag_{name}_seconds "):
+                    values[f"loop_lag_{name}_ms"] = round(float(line.split()[1]) * 1000, 1)
+        return values
 
     def active(self) -> list[Any]:
         items: list[Any] = self.hotline.get("/calls", "admin", active="true",

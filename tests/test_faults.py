@@ -221,7 +221,11 @@ def test_burst_of_calls_is_served_or_refused_never_stranded(
         causes = [c["hangup_cause"] or "" for c in calls]
         assert all(causes), "every call has a cause"
         refused = sum(1 for cause in causes if cause.startswith("refused:"))
-        print(f"burst: {200 - refused} served, {refused} refused; sipp {result}")
+        metrics = httpx.get(f"{hotline.api.removesuffix('/api/v1')}/metrics",
+                            headers=hotline.headers("admin"), timeout=5).text
+        assert f"ivr_calls_refused_total {float(refused)}" in metrics
+        lag = [line for line in metrics.splitlines() if line.startswith("ivr_event_loop_lag")]
+        print(f"burst: {200 - refused} served, {refused} refused; sipp {result}; {lag}")
         _agent_takes_a_call(hotline, sip_stack, pbx, "01062340004", agent.agent_id)
 
 
