@@ -309,13 +309,17 @@ async def serve_async(settings: Settings) -> int:
 
 async def _refresh_rules_forever(routing: RoutingService, every_s: float) -> None:
     # Rules changed by another process (the CLI, another node) reach this one's snapshot.
+    failed: str | None = None  # logged once per distinct failure, not every interval
     while True:
         await asyncio.sleep(every_s)
         try:
             if await asyncio.to_thread(routing.refresh):
                 log.info("routing rules reloaded")
-        except Exception:  # noqa: BLE001 - the last good snapshot stays in force
-            log.exception("routing rules not reloaded; the previous rules stay in force")
+            failed = None
+        except Exception as exc:  # noqa: BLE001 - the last good snapshot stays in force
+            if str(exc) != failed:
+                log.exception("routing rules not reloaded; the previous rules stay in force")
+            failed = str(exc)
 
 
 def _controller_ended(task: asyncio.Task[None], readiness: Readiness,

@@ -212,13 +212,18 @@ def main() -> None:
     parser.add_argument("--freeze-s", type=float, default=8.0)
     parser.add_argument("--burst-calls", type=int, default=200)
     parser.add_argument("--burst-rate", type=float, default=50.0)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="work in this folder and keep it (serve.log, the database)")
     args = parser.parse_args()
     faults = [f for f in args.faults.split(",") if f]
     unknown = set(faults) - set(FAULTS)
     if unknown:
         parser.error(f"unknown faults: {sorted(unknown)}")
     report: dict[str, Any] = {"faults": {}}
-    with tempfile.TemporaryDirectory(prefix="ivr-chaos-") as folder, stdout_to_stderr() as out:
+    with tempfile.TemporaryDirectory(prefix="ivr-chaos-") as temporary, \
+            stdout_to_stderr() as out:
+        folder = args.keep or temporary
+        Path(folder).mkdir(parents=True, exist_ok=True)
         stack = SipStack(StackOptions(log_level=1)).start()
         drill = Drill(Path(folder), stack)
         try:

@@ -49,20 +49,26 @@ def make_test_settings(**overrides: object) -> AsteriskSettings:
     return AsteriskSettings(**values)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="session")
-def asterisk() -> Iterator[RunningAsterisk]:
-    """A real Asterisk for the whole session, removed afterwards."""
+def run_asterisk(settings: AsteriskSettings | None = None) -> Iterator[RunningAsterisk]:
+    """A real Asterisk on ``settings`` (default: free ports), removed afterwards; skips the
+    test when none is installed."""
     try:
         install = locate_asterisk()
     except ProvisioningError as exc:
         pytest.skip(f"no Asterisk available: {exc} (make test provisions one)")
-    settings = make_test_settings()
+    settings = settings or make_test_settings()
     instance = AsteriskInstance(install, settings.instance)
     state = instance.up(settings, ("north", "east", "south", "west"))
     try:
         yield RunningAsterisk(instance, state)
     finally:
         instance.remove()
+
+
+@pytest.fixture(scope="session")
+def asterisk() -> Iterator[RunningAsterisk]:
+    """A real Asterisk for the whole session, removed afterwards."""
+    yield from run_asterisk()
 
 
 @pytest.fixture(scope="session")
@@ -175,3 +181,14 @@ class EventTap:
         """Stop reading and close the WebSocket."""
         self.task.cancel()
         await self.stream.aclose()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Any:
+    """A migrated SQLite store in the test's folder (``ivr.sqlite3``)."""
+    from ivr.store.db import make_engine, migrate, sqlite_url
+    from ivr.store.repository import Store
+
+    engine = make_engine(sqlite_url(tmp_path))
+    migrate(engine)
+    return Store(engine)

@@ -19,13 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
-from ivr.asterisk.instance import AsteriskInstance
-from ivr.asterisk.provision import locate_asterisk
-from ivr.errors import ProvisioningError
 from ivr.sip.load import Burst, run_burst, sipp_available
 from ivr.sip.phone import SipStack
 
-from conftest import RunningAsterisk, make_test_settings
+from conftest import RunningAsterisk, make_test_settings, run_asterisk
 from hotline import Agents, Hotline, dial_and_press, running_hotline, wait_until
 
 pytestmark = [pytest.mark.asterisk, pytest.mark.slow]
@@ -42,21 +39,11 @@ FAST = {
 @pytest.fixture(scope="module")
 def pbx() -> Iterator[RunningAsterisk]:
     """An Asterisk of this module alone: the tests freeze, cut and restart it."""
-    try:
-        install = locate_asterisk()
-    except ProvisioningError as exc:
-        pytest.skip(f"no Asterisk available: {exc} (make test provisions one)")
     base = make_test_settings()
     # RTP for 400 concurrent legs: the burst test holds about 150 calls at once.
-    settings = make_test_settings(instance=base.instance, ari_port=base.ari_port,
-                                  sip_port=base.sip_port, rtp_start=base.rtp_start,
-                                  rtp_end=base.rtp_start + 799)
-    instance = AsteriskInstance(install, settings.instance)
-    state = instance.up(settings, ("north", "east", "south", "west"))
-    try:
-        yield RunningAsterisk(instance, state)
-    finally:
-        instance.remove()
+    yield from run_asterisk(make_test_settings(
+        instance=base.instance, ari_port=base.ari_port, sip_port=base.sip_port,
+        rtp_start=base.rtp_start, rtp_end=base.rtp_start + 799))
 
 
 @pytest.fixture

@@ -19,19 +19,11 @@ from ivr.routing.acd import Distributor, agents_from_accounts
 from ivr.routing.manage import RuleBook
 from ivr.routing.service import RoutingService
 from ivr.settings import RoutingSettings
-from ivr.store.db import make_engine, migrate, sqlite_url
 from ivr.store.journal import CallJournal
 from ivr.store.repository import Store, StoredCall
 
 pytestmark = pytest.mark.unit
 REGIONS = ("north", "east", "south", "west")
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    engine = make_engine(sqlite_url(tmp_path))
-    migrate(engine)
-    return Store(engine)
 
 
 def _lock(tmp_path: Path) -> sqlite3.Connection:

@@ -22,11 +22,9 @@ REGIONS = ("north", "east", "south", "west")
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    engine = make_engine(sqlite_url(tmp_path))
-    migrate(engine)
-    migrate(engine)  # idempotent
-    return Store(engine)
+def store(store: Store) -> Store:
+    migrate(store.engine)  # idempotent
+    return store
 
 
 def test_database_is_wal_private_and_migrated(tmp_path: Path, store: Store) -> None:

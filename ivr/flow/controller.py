@@ -384,19 +384,13 @@ class HotlineController:
         # Refused before answer: the caller hears busy (SIP 486) at once, and the call is
         # stored as ended with the reason, so every call is accounted for.
         self.refused_total += 1
-        channel = event.channel
         log.warning("call refused", extra={"why": why, "calls": len(self._reg.by_call)})
-        if self._ari is not None:
-            await self._hangup(self._ari, channel.id, reason="busy")
-        now = datetime.now(UTC)
-        values: dict[str, Any] = {
-            "channel_id": channel.id, "caller_number": channel.caller_number,
-            "dialed_number": channel.dialplan_exten, "sip_call_id": None, "ended_at": now,
-            "hangup_cause": f"refused:{why}", "hangup_by": "system"}
-        call_id = uuid.uuid4().hex
-        store = self.store
-        await self.journal.write("refused", lambda: store.create_call(
-            call_id=call_id, started_at=now, state="ended", **values))
+        ari = self._ari
+        if ari is not None:
+            await self._hangup(ari, event.channel.id, reason="busy")
+        await self._store_new_call(ari, event.channel, state="ended",
+                                   ended_at=datetime.now(UTC), hangup_cause=f"refused:{why}",
+                                   hangup_by="system")
 
     def _endpoint_changed(self, endpoint: dict[str, Any]) -> None:
         if endpoint.get("technology") != "PJSIP":
@@ -468,10 +462,12 @@ class HotlineController:
                                         channel.caller_number, "region": call.region})
         self._start(session, Answer())
 
-    async def _store_new_call(self, ari: AriClient, channel: Channel,
-                              state: str = "ringing") -> StoredCall:
+    async def _store_new_call(self, ari: AriClient | None, channel: Channel,
+                              state: str = "ringing", **extra: Any) -> StoredCall:
+        """Store a call of ``channel`` (through the journal: a locked database never holds
+        the caller); a ringing call also gets its SIP Call-ID."""
         sip_call_id = None
-        if state == "ringing":
+        if state == "ringing" and ari is not None:
             try:
                 var = await ari.request("GET", f"/channels/{channel.id}/variable",
                                         params={"variable": "CHANNEL(pjsip,call-id)"})
@@ -484,7 +480,7 @@ class HotlineController:
             "dialed_number": channel.dialplan_exten, "sip_call_id": sip_call_id,
             "region": resolution.region, "region_source": resolution.source,
             "region_reason": resolution.reason, "province": resolution.province,
-            "city": resolution.city}
+            "city": resolution.city, **extra}
         call_id, now, store = uuid.uuid4().hex, datetime.now(UTC), self.store
         stored = await self.journal.write("call_started", lambda: store.create_call(
             call_id=call_id, started_at=now, state=state, **values))

@@ -38,6 +38,7 @@ from ivr.flow.states import (
     release_agent,
     release_call,
 )
+from ivr.routing.rules import RoutingDecision
 from ivr.store.repository import VERIFY_STATES
 
 log = logging.getLogger(__name__)
@@ -194,9 +195,7 @@ def _fallback(s: CallSession) -> QueuePlan:
 
 
 def _plan_json(plan: QueuePlan) -> dict[str, object]:
-    return {"action": "queue", "region": plan.region, "skill": plan.skill,
-            "priority": plan.priority, "overflow_regions": list(plan.overflow_regions),
-            "overflow_after_s": plan.overflow_after_s, "ring_timeout_s": plan.ring_timeout_s,
-            "max_wait_s": plan.max_wait_s, "rule_id": None, "rule_name": None,
-            "reason": "fallback: the routing rules failed for this call",
-            "decided_at": datetime.now(UTC).isoformat()}
+    return RoutingDecision(
+        "queue", plan.region, plan.skill, plan.priority, plan.overflow_regions,
+        plan.overflow_after_s, plan.ring_timeout_s, plan.max_wait_s, None, None,
+        "fallback: the routing rules failed for this call", datetime.now(UTC)).to_json()
