@@ -21,7 +21,7 @@ class Readiness:
 
     def __init__(self) -> None:
         self._checks: dict[str, bool] = {"ari": False}
-        self._reasons: dict[str, str] = {}
+        self._reasons: dict[str, str] = {"ari": "not connected to ARI yet"}
         self._degraded: dict[str, str] = {}
         self._fatal: str | None = None
 

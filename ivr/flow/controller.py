@@ -139,7 +139,8 @@ class HotlineController:
                         finally:
                             sweep.cancel()
                     finally:
-                        self.readiness.set("ari", False)
+                        # Said before closing: with a frozen PBX the close handshake waits.
+                        self.readiness.set("ari", False, "ARI events connection lost")
                         await stream.aclose()
             except AriError as exc:
                 self.readiness.set("ari", False, f"ARI unavailable: {exc}")
@@ -148,7 +149,7 @@ class HotlineController:
                 self.readiness.set("ari", False, f"controller error: {type(exc).__name__}: {exc}")
                 log.exception("controller connection failed; retrying")
             finally:
-                self.readiness.set("ari", False)
+                self.readiness.set("ari", False)  # keeps the reason said above
                 self._ari = None
                 await self._drop_sessions()
             await asyncio.sleep(backoff * (0.5 + random.random()))
