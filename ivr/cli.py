@@ -65,7 +65,7 @@ def cmd_call(args: argparse.Namespace, settings: Settings) -> int:
     if state is None or instance.pid() is None:
         raise IvrError(f"asterisk instance '{instance.name}' is not running; "
                        "start it with `ivr asterisk up`")
-    pbx = f"127.0.0.1:{state.ports.sip}"
+    pbx = state.pbx
     with stdout_to_stderr() as out, SipStack() as stack:
         caller = stack.caller(args.from_number, pbx)
         call = caller.dial(args.to or state.hotline_number,
@@ -157,7 +157,7 @@ def cmd_agents(args: argparse.Namespace, settings: Settings) -> int:
                            record_dir=Path(args.record_dir) if args.record_dir else None,
                            play=Path(args.play) if args.play else None)
     with stdout_to_stderr() as out, SipStack() as stack:
-        phones = [stack.agent(a.agent_id, a.password, f"127.0.0.1:{state.ports.sip}", options)
+        phones = [stack.agent(a.agent_id, a.password, state.pbx, options)
                   for a in accounts]
         for phone in phones:
             phone.wait_registered()

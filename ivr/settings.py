@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from datetime import date
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -34,6 +35,8 @@ class AsteriskSettings(BaseModel):
     start_timeout_s: float = Field(45.0, gt=0)
     hotline_number: str = Field("4008101111", pattern=r"^\d{3,20}$")
     ari_app: str = Field("ivr", pattern=r"^[A-Za-z0-9_-]+$")
+    # The address SIP, ARI and the calls' media listen on (an address of this host).
+    address: IPv4Address = IPv4Address("127.0.0.1")
 
     @model_validator(mode="after")
     def _range_ok(self) -> AsteriskSettings:

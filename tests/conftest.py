@@ -34,7 +34,7 @@ class RunningAsterisk:
     @property
     def pbx(self) -> str:
         """host:port of its SIP transport."""
-        return f"127.0.0.1:{self.state.ports.sip}"
+        return self.state.pbx
 
 
 def make_test_settings(**overrides: object) -> AsteriskSettings:

@@ -36,7 +36,7 @@ class AgentAccount:
 
 @dataclass(frozen=True)
 class PortPlan:
-    """Ports of one instance; all bound on 127.0.0.1."""
+    """Ports of one instance (bound on the instance's address)."""
 
     ari: int
     sip: int
@@ -65,6 +65,7 @@ class InstanceConfig:
     echo_number: str = "4008109902"
     ari_app: str = "ivr"
     api_port: int = 8080
+    address: str = "127.0.0.1"  # SIP, ARI and media listen here
 
 
 def _agent_sections(agents: tuple[AgentAccount, ...]) -> str:
@@ -117,6 +118,7 @@ def render_instance(config: InstanceConfig, etc_dir: Path, inner_base: PurePosix
         "tone_number": config.tone_number,
         "echo_number": config.echo_number,
         "ari_app": config.ari_app,
+        "address": config.address,
         "agent_endpoints": _agent_sections(config.agents),
     }
     etc_dir.mkdir(parents=True, exist_ok=True)

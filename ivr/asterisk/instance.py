@@ -57,10 +57,16 @@ class InstanceState:
     sounds_dir: str = ""  # the spoken prompts, as Asterisk sees the folder
     # Supervisors' own SIP phones: rung for listen / whisper / barge, never given calls.
     supervisors: tuple[AgentAccount, ...] = ()
+    address: str = "127.0.0.1"  # where SIP, ARI and media listen
+
+    @property
+    def pbx(self) -> str:
+        """host:port of its SIP transport."""
+        return f"{self.address}:{self.ports.sip}"
 
     def ari(self) -> AriCredentials:
         """ARI connection facts."""
-        return AriCredentials(f"http://127.0.0.1:{self.ports.ari}", self.ari_user,
+        return AriCredentials(f"http://{self.address}:{self.ports.ari}", self.ari_user,
                               self.ari_password, self.ari_app)
 
     def to_json(self) -> dict[str, Any]:
@@ -80,11 +86,12 @@ class InstanceState:
             agents=tuple(AgentAccount(**agent) for agent in data["agents"]),
             sounds_dir=str(data.get("sounds_dir", "")),
             supervisors=tuple(AgentAccount(**phone) for phone in data.get("supervisors", [])),
+            address=str(data.get("address", "127.0.0.1")),
         )
 
 
-def check_port_free(port: int, proto: str, purpose: str) -> None:
-    """Raise :class:`PortInUseError` if ``port`` cannot be bound on 127.0.0.1."""
+def check_port_free(port: int, proto: str, purpose: str, host: str = "127.0.0.1") -> None:
+    """Raise :class:`PortInUseError` if ``port`` cannot be bound on ``host``."""
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, kind) as sock:
         if proto == "tcp":
@@ -92,7 +99,7 @@ def check_port_free(port: int, proto: str, purpose: str) -> None:
             # a listener does.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
         except OSError as exc:
             raise PortInUseError(port, proto, purpose) from exc
 
@@ -187,7 +194,8 @@ class AsteriskInstance:
                                                    secrets.token_urlsafe(16)))
         return InstanceState(self.name, ports, "ivr", password, settings.ari_app,
                              settings.hotline_number, tuple(agents),
-                             str(self.inner_dir / "sounds"), tuple(supervisors))
+                             str(self.inner_dir / "sounds"), tuple(supervisors),
+                             str(settings.address))
 
     def up(self, settings: AsteriskSettings, regions: tuple[str, ...],
            api_port: int = 8080) -> InstanceState:
@@ -195,13 +203,14 @@ class AsteriskInstance:
         state = self._plan_state(settings, regions)
         if self.pid() is not None:
             previous = self.load_state()
-            if previous is not None and previous.ports == state.ports:
+            if (previous is not None and previous.ports == state.ports
+                    and previous.address == state.address):
                 self._wait_for_ari(previous, settings.start_timeout_s, None)
                 return previous
             raise AsteriskError(f"instance '{self.name}' is already running with other ports; "
                                 "run `ivr asterisk down` first")
-        check_port_free(state.ports.ari, "tcp", "ARI HTTP")
-        check_port_free(state.ports.sip, "udp", "SIP")
+        check_port_free(state.ports.ari, "tcp", "ARI HTTP", state.address)
+        check_port_free(state.ports.sip, "udp", "SIP", state.address)
         self._save_state(state)
         for sub in ("etc", "lib", "spool", "run", "log"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
@@ -212,7 +221,7 @@ class AsteriskInstance:
             InstanceConfig(state.ports, state.ari_user, state.ari_password,
                            (*state.agents, *state.supervisors),
                            hotline_number=state.hotline_number, ari_app=state.ari_app,
-                           api_port=api_port),
+                           api_port=api_port, address=state.address),
             self.dir / "etc", self.inner_dir,
         )
         startup_log = self.dir / "log" / "startup.log"
