@@ -25,6 +25,7 @@ from asr.errors import AsrError
 from ivr.errors import AriError, AriUnavailableError
 from ivr.flow.events import AgentAnswered, AgentGone, CallerInput, Dtmf
 from ivr.flow.session import CallSession
+from ivr.flow.verify import VerifyCode
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +164,7 @@ class Routing:
 
     async def run(self, s: CallSession) -> State | None:
         if self.intent == "account_security" and s.call.verification is None:
-            from ivr.flow.verify import VerifyCode
-
-            return VerifyCode(self.intent, self.source)
+            return VerifyCode(then=self)  # the identity check first, then back here
         decision = s.ctx.route_call(s, self.intent)
         route = decision.to_json()
         await s.record("routed", route, intent=self.intent, intent_source=self.source,

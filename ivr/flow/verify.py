@@ -1,6 +1,7 @@
 """Tier 1 of account security in the call flow: a one-time code entered on the keypad.
 
-The result is written on the call (``verification``) and used by the routing rules: a caller
+The result is written on the call (``verification``) and used by the routing rules (each
+verification state is given the state to go on with, ``then``): a caller
 who fails tier 1 never reaches tier 2 and goes to the security experts (tier 3). A passed tier 1
 leads to the voiceprint (:mod:`ivr.flow.voice`) when tier 2 is available (voiceprint service and
 speech path); otherwise it is recorded as ``tier2: not_available`` and the decision stays
@@ -24,22 +25,19 @@ if TYPE_CHECKING:
 class VerifyCode:
     """Send a code to the account's registered phone and have the caller key it in."""
 
-    intent: str
-    source: str
+    then: State  # where the call goes once the check is decided (routing)
     name: str = "verifying"
 
     async def run(self, s: CallSession) -> State | None:
-        from ivr.flow.states import Routing
-
         services = s.ctx.verification
         if services is None:
             await self._done(s, {"tier1": "not_available", "decision": "none"})
-            return Routing(self.intent, self.source)
+            return self.then
         account = await asyncio.to_thread(services.accounts.find_by_number,
                                           s.call.caller_number)
         if account is None:
             await self._done(s, {"tier1": "no_account", "decision": "none"})
-            return Routing(self.intent, self.source)
+            return self.then
         code_id = await asyncio.to_thread(services.codes.issue, account, s.call_id)
         result: dict[str, Any] = {"account_id": account.id, "tier1": "sent"}
         await s.record("code_sent", {"account_id": account.id}, state=self.name,
@@ -57,9 +55,9 @@ class VerifyCode:
                 if s.ctx.voice is not None and s.ctx.speech is not None:
                     await s.record("code_passed", {"account_id": account.id},
                                    verification=passed)
-                    return VerifyVoice(self.intent, self.source, account.id, passed)
+                    return VerifyVoice(self.then, account.id, passed)
                 await self._done(s, {**passed, "tier2": "not_available", "decision": "none"})
-                return Routing(self.intent, self.source)
+                return self.then
             reason = check.reason
             if check.attempts_left <= 0 or check.reason != "wrong":
                 break
@@ -67,7 +65,7 @@ class VerifyCode:
         await s.play(["otp_failed"], interruptible=False)
         await self._done(s, {**result, "tier1": "failed", "tier1_reason": reason,
                              "decision": "reject"})
-        return Routing(self.intent, self.source)
+        return self.then
 
     async def _done(self, s: CallSession, verification: dict[str, Any]) -> None:
         await s.record("verification", verification, verification=verification)

@@ -85,15 +85,12 @@ def challenge_prompts(digits: str) -> list[str]:
 class VerifyVoice:
     """Tier 2: say the challenge digits; the voiceprint service decides."""
 
-    intent: str
-    source: str
+    then: State  # where the call goes once the check is decided (routing)
     account_id: str
     result: dict[str, Any]
     name: str = "voice_check"
 
     async def run(self, s: CallSession) -> State | None:
-        from ivr.flow.states import Routing
-
         tier = s.ctx.voice
         assert tier is not None
         service, settings = tier.service, tier.settings
@@ -101,7 +98,7 @@ class VerifyVoice:
         if not status.enrolled:
             await s.record("voice_not_enrolled", {"account_id": self.account_id},
                            state=self.name)
-            return EnrollVoice(self.intent, self.source, self.account_id,
+            return EnrollVoice(self.then, self.account_id,
                                {**self.result, "tier2": "no_enrollment", "decision": "none"})
         await s.record("state", {"state": self.name}, state=self.name)
         verdict: dict[str, Any] = {"tier2": "no_answer", "decision": "uncertain"}
@@ -147,7 +144,7 @@ class VerifyVoice:
                      interruptible=False)
         verification = {**self.result, **verdict}
         await s.record("verification", verification, verification=verification)
-        return Routing(self.intent, self.source)
+        return self.then
 
 
 def _overall(tier2: str) -> str:
@@ -159,16 +156,13 @@ def _overall(tier2: str) -> str:
 class EnrollVoice:
     """Offer a voiceprint to a caller who passed tier 1 and has none (consent by keypad)."""
 
-    intent: str
-    source: str
+    then: State  # where the call goes afterwards (routing)
     account_id: str
     result: dict[str, Any]
     name: str = "voice_enrollment"
     samples: list[np.ndarray[Any, Any]] = field(default_factory=list)
 
     async def run(self, s: CallSession) -> State | None:
-        from ivr.flow.states import Routing
-
         tier = s.ctx.voice
         assert tier is not None
         await s.record("state", {"state": self.name}, state=self.name)
@@ -179,7 +173,7 @@ class EnrollVoice:
             outcome = await self._enroll(s, tier)
         verification = {**self.result, "enrollment": outcome}
         await s.record("verification", verification, verification=verification)
-        return Routing(self.intent, self.source)
+        return self.then
 
     async def _consent(self, s: CallSession) -> bool:
         heard = await s.play(["voice_consent"])
