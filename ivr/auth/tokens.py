@@ -55,10 +55,6 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 class TokenStore:
     """Create, check, list and revoke tokens on the service's database."""
 
@@ -92,7 +88,7 @@ class TokenStore:
                 ApiTokenRow.token_hash == digest)).first()
         if row is None or not hmac.compare_digest(row.token_hash, digest):
             return None
-        if row.revoked_at is not None or _aware(row.expires_at) <= self.clock():
+        if row.revoked_at is not None or row.expires_at <= self.clock():
             return None
         return Principal(row.id, row.role, row.name)  # type: ignore[arg-type]
 
@@ -127,6 +123,5 @@ class TokenStore:
 
 
 def _info(row: ApiTokenRow) -> TokenInfo:
-    return TokenInfo(row.id, row.role, row.name, _aware(row.created_at),  # type: ignore[arg-type]
-                     _aware(row.expires_at),
-                     _aware(row.revoked_at) if row.revoked_at is not None else None)
+    return TokenInfo(row.id, row.role, row.name, row.created_at,  # type: ignore[arg-type]
+                     row.expires_at, row.revoked_at)

@@ -42,7 +42,7 @@ import threading
 import zoneinfo
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal, TypeVar, cast
 
 from sqlalchemy import CursorResult, delete, func, select, update
@@ -258,18 +258,13 @@ def _flatten(data: Mapping[str, Any], path: str) -> dict[str, Any]:
     return out
 
 
-def _aware(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; they were written as UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def _fit(text: str, column: str) -> str:
     limit = _BY_CHARS[column]
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _stored(row: RoutingRuleRow) -> StoredRule:
-    return StoredRule(row.id, row.position, row.version, dict(row.body), _aware(row.updated_at),
+    return StoredRule(row.id, row.position, row.version, dict(row.body), row.updated_at,
                       row.updated_by)
 
 
@@ -277,7 +272,7 @@ def _change(row: RuleChangeRow) -> RuleChange:
     diff = tuple(DiffEntry(str(d.get("path", "")), d.get("before"), d.get("after"))
                  for d in row.diff if isinstance(d, Mapping))
     return RuleChange(row.id, row.rule_id, cast(ChangeAction, row.action), row.version, row.by,
-                      _aware(row.at), row.before, row.after, diff)
+                      row.at, row.before, row.after, diff)
 
 
 def _window_lists(rule: Rule) -> Iterable[tuple[str, int, TimeWindow]]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from ivr.store.types import UtcDateTime
 
 
 class Base(DeclarativeBase):
@@ -43,11 +45,11 @@ class CallRow(Base):
     mixing_bridge_id: Mapped[str | None] = mapped_column(String(64))
     verification: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     callback_number: Mapped[str | None] = mapped_column(String(32))
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    connected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    answered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    queued_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    connected_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     hangup_cause: Mapped[str | None] = mapped_column(String(64))
     hangup_by: Mapped[str | None] = mapped_column(String(16))
 
@@ -59,7 +61,7 @@ class CallEventRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
     kind: Mapped[str] = mapped_column(String(40))
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
@@ -73,7 +75,7 @@ class AgentRow(Base):
     region: Mapped[str] = mapped_column(String(32), index=True)
     skills: Mapped[list[str]] = mapped_column(JSON, default=list)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class RoutingRuleRow(Base):
@@ -85,7 +87,7 @@ class RoutingRuleRow(Base):
     position: Mapped[int] = mapped_column(Integer, index=True)
     body: Mapped[dict[str, Any]] = mapped_column(JSON)
     version: Mapped[int] = mapped_column(Integer, default=1)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_by: Mapped[str] = mapped_column(String(64))
 
 
@@ -99,7 +101,7 @@ class CallbackRequestRow(Base):
     number: Mapped[str] = mapped_column(String(32))
     region: Mapped[str | None] = mapped_column(String(32))
     reason: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     status: Mapped[str] = mapped_column(String(16), default="open")
     notes: Mapped[str | None] = mapped_column(Text)
 
@@ -121,7 +123,7 @@ class TranscriptRow(Base):
     intent: Mapped[str | None] = mapped_column(String(32))
     intent_confidence: Mapped[float | None] = mapped_column(Float)
     dropped_reason: Mapped[str | None] = mapped_column(String(32))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class AccountRow(Base):
@@ -132,7 +134,7 @@ class AccountRow(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     phone_number: Mapped[str] = mapped_column(String(32), index=True)  # digits, national form
     voice_status: Mapped[str] = mapped_column(String(16), default="none")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class OneTimeCodeRow(Base):
@@ -146,8 +148,8 @@ class OneTimeCodeRow(Base):
     call_id: Mapped[str | None] = mapped_column(String(32), index=True)
     code_hash: Mapped[str] = mapped_column(String(64))
     salt: Mapped[str] = mapped_column(String(32))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[str] = mapped_column(String(16), default="open")
 
@@ -161,7 +163,7 @@ class OutboxRow(Base):
     account_id: Mapped[str] = mapped_column(String(64), index=True)
     phone_number: Mapped[str] = mapped_column(String(32))
     body: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class ApiTokenRow(Base):
@@ -173,9 +175,9 @@ class ApiTokenRow(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     role: Mapped[str] = mapped_column(String(16))
     name: Mapped[str] = mapped_column(String(128))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class RuleChangeRow(Base):
@@ -188,7 +190,7 @@ class RuleChangeRow(Base):
     action: Mapped[str] = mapped_column(String(16))  # create | update | delete | import
     version: Mapped[int] = mapped_column(Integer)
     by: Mapped[str] = mapped_column(String(128))
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     diff: Mapped[list[Any]] = mapped_column(JSON)
@@ -200,7 +202,7 @@ class DataAccessRow(Base):
     __tablename__ = "data_access_log"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
     token_id: Mapped[str] = mapped_column(String(32))
     role: Mapped[str] = mapped_column(String(16))
     action: Mapped[str] = mapped_column(String(64))

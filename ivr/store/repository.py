@@ -23,6 +23,7 @@ from ivr.store.models import (
     RoutingRuleRow,
     TranscriptRow,
 )
+from ivr.store.types import as_utc
 
 # States of the identity check (tiers 1 and 2) before routing.
 VERIFY_STATES = ("verifying", "voice_check", "voice_enrollment")
@@ -33,18 +34,6 @@ ACTIVE_STATES = ("ringing", "greeting", "menu", *VERIFY_STATES, "callback", "que
 def utcnow() -> datetime:
     """Aware current time in UTC."""
     return datetime.now(UTC)
-
-
-def _utc(value: datetime) -> datetime:
-    # Naive filter times are read as UTC, like every stored time.
-    return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite returns naive datetimes even for timezone=True columns; they were stored as UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
 
 
 @dataclass(frozen=True)
@@ -95,11 +84,11 @@ class StoredCall:
 
     @classmethod
     def from_row(cls, row: CallRow) -> StoredCall:
-        """Copy a row (times made aware)."""
+        """Copy a row (times aware UTC, also for values set in this session)."""
         values = {f.name: getattr(row, f.name) for f in fields(cls)}
         for key, value in values.items():
             if isinstance(value, datetime):
-                values[key] = _aware(value)
+                values[key] = as_utc(value)
         values["menu_path"] = list(values["menu_path"] or [])
         return cls(**values)
 
@@ -261,9 +250,9 @@ class Store:
         if agent is not None:
             query = query.where(CallRow.agent_id == agent)
         if since is not None:
-            query = query.where(CallRow.started_at >= _utc(since))
+            query = query.where(CallRow.started_at >= since)
         if until is not None:
-            query = query.where(CallRow.started_at < _utc(until))
+            query = query.where(CallRow.started_at < until)
         with self._session() as session:
             rows = session.scalars(query.limit(limit).offset(offset)).all()
             return [StoredCall.from_row(r) for r in rows]
@@ -277,7 +266,7 @@ class Store:
         with self._session() as session:
             rows = session.scalars(select(CallEventRow).where(CallEventRow.call_id == call_id)
                                    .order_by(CallEventRow.id)).all()
-            return [CallEvent(r.id, r.call_id, _aware(r.at) or r.at, r.kind, dict(r.data or {}))
+            return [CallEvent(r.id, r.call_id, r.at, r.kind, dict(r.data or {}))
                     for r in rows]
 
     # -- transcripts -------------------------------------------------------------------------
@@ -330,7 +319,7 @@ class Store:
             query = query.where(CallbackRequestRow.call_id == call_id)
         with self._session() as session:
             return [CallbackRequest(r.id, r.call_id, r.number, r.region, r.reason,
-                                    _aware(r.created_at) or r.created_at, r.status)
+                                    r.created_at, r.status)
                     for r in session.scalars(query).all()]
 
     # -- agents and rules --------------------------------------------------------------------
@@ -378,4 +367,4 @@ def _entry(row: TranscriptRow) -> TranscriptEntry:
     return TranscriptEntry(row.id, row.call_id, row.speaker, row.start_s, row.end_s, row.text,
                            row.language, row.confidence, row.model, row.intent,
                            row.intent_confidence, row.dropped_reason,
-                           _aware(row.created_at) or row.created_at)
+                           row.created_at)

@@ -99,11 +99,7 @@ class OutboxSender:
             query = query.where(OutboxRow.account_id == account_id)
         with self._sessions() as session:
             return [OutboxMessage(r.id, r.account_id, r.phone_number, r.body,
-                                  _aware(r.created_at)) for r in session.scalars(query).all()]
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+                                  r.created_at) for r in session.scalars(query).all()]
 
 
 class AccountDirectory:
@@ -189,7 +185,7 @@ class OneTimeCodes:
             if row.status != "open":
                 return CodeCheck(False, "too_many_attempts" if row.status == "locked"
                                  else "expired", 0)
-            if now >= _aware(row.expires_at):
+            if now >= row.expires_at:
                 row.status = "expired"
                 return CodeCheck(False, "expired", 0)
             row.attempts += 1
