@@ -74,7 +74,8 @@ class FlowSettings(BaseModel):
     # Admission control, enforced before answer (refused callers hear busy: SIP 486).
     max_calls: int = Field(150, ge=1, le=10000)  # calls this controller holds at once
     max_setup: int = Field(30, ge=1, le=1000)  # calls being answered and greeted at once
-    # A stalled ARI request (frozen or overloaded PBX): how often a call retries, and the pause.
+    # A stalled ARI request (frozen or overloaded PBX): how often a call retries, and the pause;
+    # a call whose requests stall more often than this ends (ari_unreachable).
     ari_retries: int = Field(3, ge=0, le=10)
     ari_retry_pause_s: float = Field(1.0, ge=0, le=30)
     # Internal errors one call may meet before it is ended (each degrades it first).

@@ -78,9 +78,10 @@ async def _stalled(s: CallSession, exc: AriUnavailableError) -> State | None:
     s.stalls += 1
     log.warning("ari request stalled mid-call; recovering the call",
                 extra={"call_id": s.call_id, "state": failed, "error": str(exc)})
-    if failed in ("ended", "recovering"):
-        if failed == "ended":
-            return None  # the teardown's own requests are best effort; the sweep finishes it
+    if failed == "ended":
+        return None  # the teardown's own requests are best effort; the sweep finishes it
+    if failed == "recovering" or s.stalls > s.ctx.settings.ari_retries:
+        # A PBX that keeps stalling this call's requests: no endless recover-and-fail loop.
         return Ended(f"ari_unreachable:{s.call.state}", "system")
     return Recover(failed, "ari_stalled")
 
