@@ -89,7 +89,8 @@ def _spoken(tmp: Path, text: str, language: str, voice: str) -> Any:
 
 
 @pytest.mark.parametrize(("text", "language", "voice", "intent"), [
-    ("我想查一下我的账单", "zh", "cmn-latn-pinyin", "billing"),
+    # 账单 itself came back as 账单, 简单 or 参谈 from run to run; 消费 is heard steadily.
+    ("帮我看一下上个月的消费", "zh", "cmn-latn-pinyin", "billing"),
     ("I want to check my bill", "en", "flite:slt", "billing"),
     ("我要转人工", "zh", "cmn-latn-pinyin+f2", "human_agent"),
     ("my account was hacked", "en", "flite:kal", "account_security"),
