@@ -16,8 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ivr.errors import IvrError, RuleError
+from ivr.routing.rule_schema import INTENTS
 from ivr.routing.rules import (
-    INTENTS,
     Actions,
     Calendar,
     CallFacts,
@@ -668,13 +668,13 @@ def test_duplicate_ids_are_rejected() -> None:
 @pytest.mark.parametrize(
     ("text", "field", "fragment"),
     [
-        ("", "rules", "empty"),
-        ("- a\n- b\n", "rules", "'rules' list"),
+        ("", "", "empty"),
+        ("- a\n- b\n", "", "'rules' list"),
         ("rules: {a: 1}\n", "rules", "expected a list"),
         ("rulez: []\n", "rulez", "did you mean 'rules'"),
         ("{}\n", "rules", "is required"),
         ("rules:\n  - just a string\n", "rules[0]", "expected an object"),
-        ("rules: [\n  {name: x\n", "rules", "invalid YAML at line"),
+        ("rules: [\n  {name: x\n", "", "invalid YAML at line"),
     ],
 )
 def test_document_shape_errors(text: str, field: str, fragment: str) -> None:

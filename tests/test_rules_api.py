@@ -444,6 +444,16 @@ def test_invalid_rules_are_422_naming_the_field(api: Api, case: str, change: dic
     replaced = api.client.put(f"{RULES}/complaints", json=body,
                               headers=api.as_("admin", **{"If-Match": '"1"'}))
     assert replaced.status_code == 422 and error_locs(replaced) == [loc]
+    # One schema: YAML import says the same thing about the same rule, at its place in the list.
+    admin = api.as_("admin")
+    document = yaml.safe_load(api.client.get(f"{RULES}/export", headers=admin).text)
+    document["rules"].append(body)
+    etag = api.client.get(RULES, headers=admin).headers["ETag"]
+    imported = _import(api, yaml.safe_dump(document, allow_unicode=True), etag)
+    index = len(document["rules"]) - 1
+    assert imported.status_code == 422 and error_locs(imported) == [
+        ["body", "rules", index, *loc[1:]]]
+    assert imported.json()["details"][0]["msg"] == created.json()["details"][0]["msg"]
     assert api.client.get(f"{RULES}/history", headers=api.as_("admin")).json()["total"] == 0
 
 

@@ -23,7 +23,8 @@ from ivr.api.voiceprint import voiceprint_router
 from ivr.auth.tokens import Principal
 from ivr.health import Readiness
 from ivr.metrics import CONTENT_TYPE
-from ivr.routing.rules import INTENTS, rule_to_dict
+from ivr.routing.rule_schema import INTENTS
+from ivr.routing.rules import rule_to_dict
 
 __all__ = ["ApiServices", "create_app", "error_body"]
 

@@ -9,7 +9,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ivr.validation import explain, keys_at
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +21,14 @@ def error_body(status: int, message: str, details: Any = None) -> dict[str, Any]
     """The error shape: status, error_id, message, details."""
     return {"status": status, "error_id": uuid.uuid4().hex, "message": message,
             "details": details if details is not None else {}}
+
+
+def _body_model(request: Request) -> type[BaseModel] | None:
+    """The model the route reads its JSON body into, if any (for "did you mean" hints)."""
+    route = request.scope.get("route")
+    field = getattr(route, "body_field", None)
+    model = getattr(getattr(field, "field_info", None), "annotation", None)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
 def field_error(loc: tuple[str | int, ...], message: str) -> RequestValidationError:
@@ -34,9 +45,15 @@ def install_error_handlers(app: FastAPI) -> None:
                             headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")}
-                   for e in exc.errors()]
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        body_model = _body_model(request)
+        details = []
+        for error in exc.errors():
+            loc = tuple(error.get("loc", ()))
+            allowed = None
+            if error.get("type") == "extra_forbidden" and body_model and loc[:1] == ("body",):
+                allowed = keys_at(body_model, loc[1:-1])
+            details.append({"loc": list(loc), "msg": explain(error, allowed)})
         return JSONResponse(error_body(422, "request validation failed", details), 422)
 
     @app.exception_handler(Exception)

@@ -18,7 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 from starlette.types import Message
 
@@ -28,12 +28,6 @@ from ivr.api.schemas import ErrorOut
 from ivr.api.services import ApiServices
 from ivr.errors import RuleError
 from ivr.routing.manage import (
-    MAX_NAME_CHARS,
-    MAX_POSITION,
-    MAX_PRIORITY,
-    MAX_RULES,
-    MAX_SECONDS,
-    MAX_WINDOWS,
     PreconditionFailed,
     PreconditionRequired,
     RuleBook,
@@ -42,114 +36,13 @@ from ivr.routing.manage import (
     RuleNotFound,
     StoredRule,
 )
-from ivr.routing.rule_schema import DAY_NAMES, RULE_ID
-from ivr.routing.rules import (
-    ANY_REGION,
-    CALLER_REGION,
-    INTENTS,
-    VERIFICATION_RESULTS,
-    AfterHours,
-    CallerTier,
-    HolidayMode,
-)
+from ivr.routing.rule_schema import MAX_RULES, RuleBody, RuleIn
 from ivr.routing.service import RoutingService
 
 MAX_BODY_BYTES = 1 << 20
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/plain")
-_CLOCK = r"^([01]\d|2[0-3]):[0-5]\d$"
 _LOC_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 T = TypeVar("T")
-
-
-# Strings whose allowed values the schema lists; the rule validator checks them (one source).
-Intent = Annotated[str, WithJsonSchema({"type": "string", "enum": list(INTENTS)})]
-Verification = Annotated[str, WithJsonSchema({"type": "string",
-                                              "enum": list(VERIFICATION_RESULTS)})]
-Day = Annotated[str, WithJsonSchema({"type": "string", "enum": list(DAY_NAMES)})]
-_STRICT = ConfigDict(extra="forbid", strict=True)
-
-
-def _integral(value: object) -> object:
-    """JSON Schema counts 5.0 as an integer; the rule format wants 5 (strings stay wrong)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-Integer = Annotated[int, BeforeValidator(_integral)]
-
-
-class WindowModel(BaseModel):
-    """A weekly window of local time; an end before the start runs past midnight."""
-
-    model_config = _STRICT
-
-    days: list[Day] = Field(min_length=1)
-    start: str = Field(json_schema_extra={"pattern": _CLOCK}, examples=["08:00"])
-    end: str = Field(json_schema_extra={"pattern": _CLOCK}, examples=["22:00"])
-
-
-class WhenModel(BaseModel):
-    """When a rule applies; an empty condition matches anything."""
-
-    model_config = _STRICT
-
-    intents: list[Intent] = Field(default_factory=list)
-    regions: list[str] = Field(default_factory=list, description="caller regions")
-    hours: list[WindowModel] = Field(default_factory=list, max_length=MAX_WINDOWS)
-    holidays: HolidayMode = "any"
-    caller_tier: CallerTier = "any"
-    verification: list[Verification] = Field(default_factory=list)
-
-
-class ThenModel(BaseModel):
-    """Where and how a matching call is queued."""
-
-    model_config = _STRICT
-
-    target_region: str = Field(CALLER_REGION, description=f"a region, or '{CALLER_REGION}'")
-    skill: str | None = Field(None, description="an agent skill; null: the intent's name")
-    priority: Integer = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
-    overflow_regions: list[str] = Field(default_factory=list,
-                                        description=f"regions, or ['{ANY_REGION}'] alone")
-    overflow_after_s: float = Field(60.0, gt=0, le=MAX_SECONDS)
-    ring_timeout_s: float = Field(15.0, gt=0, le=MAX_SECONDS)
-    max_wait_s: float = Field(300.0, gt=0, le=MAX_SECONDS)
-    open_hours: list[WindowModel] = Field(default_factory=list, max_length=MAX_WINDOWS)
-    open_on_holidays: bool = False
-    after_hours: AfterHours = "callback"
-
-
-class RuleIn(BaseModel):
-    """A rule to create or replace (the ``body`` of a rule as read, ``position`` optional)."""
-
-    model_config = _STRICT
-
-    id: str | None = Field(None, json_schema_extra={"pattern": RULE_ID.pattern},
-                           description="null on create: made from the name")
-    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
-    position: Integer | None = Field(None, ge=-MAX_POSITION, le=MAX_POSITION,
-                                 description="evaluation order, lowest first; null on create: "
-                                             "last, on replace: unchanged")
-    enabled: bool = True
-    when: WhenModel | None = None
-    then: ThenModel | None = None
-    timezone: str | None = Field(None, max_length=64,
-                                 description="the zone the times are written in; must be the "
-                                             "configured routing.timezone (not stored)")
-
-
-class RuleBody(BaseModel):
-    """A rule in dict form, every field written out."""
-
-    model_config = _STRICT
-
-    id: str
-    name: str
-    position: Integer
-    enabled: bool
-    when: WhenModel
-    then: ThenModel
 
 
 class RuleOut(BaseModel):

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ivr.routing.rules import INTENTS
+from ivr.routing.rule_schema import INTENTS
 
 
 class Route(BaseModel):

@@ -16,21 +16,24 @@ Exception tree (``RuleError`` lives in ``ivr.errors``)::
         ├── PreconditionRequired     no usable If-Match (absent, or ``*``)
         └── PreconditionFailed       If-Match does not name the current version
 
-Validation beyond ``rule_from_dict`` (which checks shape, types, intents, regions and windows
-that overlap within one list):
+Every rule is read through the one schema (``ivr.routing.rule_schema``: shape, types, words,
+times, bounds) and ``rule_from_model`` (configured regions, reserved ids, the calendar's zone,
+windows that overlap within one list), the same as ``routing.rules_file``:
 
-- a skill must be known: a skill of some agent (``routing.agent_skills``), an intent name (a rule
-  without a skill routes on the intent's name), a skill used by the shipped default rules, or one
-  already used by a stored rule (so rules seeded from a custom ``rules_file`` stay editable);
 - a window whose start equals its end is rejected: 0 h or 24 h is ambiguous to a reader (split a
   whole day into 00:00-12:00 and 12:00-00:00, or leave the window list empty);
 - windows are compared within one list only: rules are ordered and the first match wins, so
   windows overlapping across rules are how precedence is written;
 - rule times are local to the one routing calendar (``routing.timezone``); a ``timezone`` key on a
-  rule or at the top of an imported document is accepted only to assert that, so it must be a
-  real IANA zone equal to the configured one, and it is not stored;
+  rule or at the top of a document is accepted only to assert that, so it must be a real IANA
+  zone equal to the configured one, and it is not stored;
 - bounds that keep the store and the evaluator sane: position and priority ranges, at most a day
   of seconds, a bounded number of windows per list and of rules per document.
+
+Beyond that, a stored rule's skill must be known: a skill of some agent
+(``routing.agent_skills``), an intent name (a rule without a skill routes on the intent's name), a
+skill used by the shipped default rules, or one already used by a stored rule (so rules seeded
+from a custom ``rules_file`` stay editable).
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ import functools
 import hashlib
 import re
 import threading
-import zoneinfo
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,21 +53,22 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ivr.errors import IvrError, RuleError
 from ivr.routing.rule_schema import (
-    as_list,
+    INTENTS,
+    RuleIn,
     as_mapping,
-    check_keys,
     child,
     dump_yaml,
     item,
-    load_yaml,
+    parse,
     slug_id,
+    unique_id,
 )
 from ivr.routing.rules import (
-    INTENTS,
-    Rule,
-    TimeWindow,
+    RESERVED_IDS,
+    check_timezone,
+    document_from_yaml,
     load_default_rules,
-    rule_from_dict,
+    rule_from_model,
     rule_to_dict,
 )
 from ivr.routing.service import RoutingService
@@ -74,17 +77,7 @@ from ivr.store.repository import utcnow
 
 ChangeAction = Literal["create", "update", "delete", "import"]
 
-# Bounds: the store's integer columns are 64-bit; beyond these a value is a typo, not a policy.
-MAX_POSITION = 1_000_000_000
-MAX_PRIORITY = 1_000_000
-MAX_SECONDS = 86_400.0
-MAX_NAME_CHARS = 200
-MAX_WINDOWS = 50  # per list; the overlap check compares every pair
-MAX_RULES = 1_000  # per imported document
-# Path segments beside rule ids under /routing/rules: a rule with such an id could not be read.
-RESERVED_IDS = frozenset({"history", "export", "import"})
 _BY_CHARS = {"updated_by": 64, "by": 128}  # column widths in ivr.store.models
-_SECONDS_FIELDS = ("overflow_after_s", "ring_timeout_s", "max_wait_s")
 _ENTITY_TAG = re.compile(r'\s*(W/)?("[^"]*")\s*(?:,|$)')
 
 
@@ -275,13 +268,6 @@ def _change(row: RuleChangeRow) -> RuleChange:
                       row.at, row.before, row.after, diff)
 
 
-def _window_lists(rule: Rule) -> Iterable[tuple[str, int, TimeWindow]]:
-    for path, windows in (("when.hours", rule.conditions.windows),
-                          ("then.open_hours", rule.actions.open_hours)):
-        for index, window in enumerate(windows):
-            yield path, index, window
-
-
 class RuleBook:
     """Create, replace, delete, import and export the stored rules, with history."""
 
@@ -335,62 +321,22 @@ class RuleBook:
 
     # ---- validation ----------------------------------------------------------------------
 
-    def validate(self, body: Mapping[str, Any], index: int | None = None,
+    def validate(self, body: Mapping[str, Any] | RuleIn, index: int | None = None,
                  extra_skills: Iterable[str] = ()) -> dict[str, Any]:
         """The normalized dict form of a rule, or RuleError naming the field.
 
         ``index`` places the rule in an imported document (paths read ``rules[index]....``).
         """
         path = item("rules", index) if index is not None else ""
-        data = dict(as_mapping(body, path))
-        if "timezone" in data:
-            self._check_timezone(data.pop("timezone"), child(path, "timezone"))
-        for section, key in (("when", "hours"), ("then", "open_hours")):
-            part = data.get(section)
-            if isinstance(part, Mapping) and isinstance(part.get(key), list | tuple) \
-                    and len(part[key]) > MAX_WINDOWS:
-                raise RuleError(child(child(path, section), key),
-                                f"at most {MAX_WINDOWS} windows")
-        rule = rule_from_dict(data, regions=self.routing.regions, index=index)
-        if rule.id in RESERVED_IDS:
-            raise RuleError(child(path, "id"), f"'{rule.id}' is reserved (one of "
-                            f"{', '.join(sorted(RESERVED_IDS))}); choose another id")
-        self._check_bounds(rule, path)
+        model = body if isinstance(body, RuleIn) else parse(RuleIn, as_mapping(body, path), path)
+        rule = rule_from_model(model, regions=self.routing.regions, path=path,
+                               timezone=self.routing.calendar.timezone.key)
         skill = rule.actions.skill
         if skill is not None and skill not in self._base_skills and skill not in extra_skills:
             raise RuleError(child(path, "then.skill"),
                             f"unknown skill '{skill}' (no agent has it and no rule uses it; "
                             "add it to routing.agent_skills first)")
-        for where, number, window in _window_lists(rule):
-            if window.start == window.end:
-                raise RuleError(child(path, f"{where}[{number}].end"),
-                                "equals start, which is ambiguous (0 or 24 hours); split a "
-                                'whole day into "00:00"-"12:00" and "12:00"-"00:00"')
         return rule_to_dict(rule)
-
-    def _check_timezone(self, value: object, path: str) -> None:
-        configured = self.routing.calendar.timezone.key
-        if not isinstance(value, str) or not value.strip():
-            raise RuleError(path, "expected an IANA time zone name such as 'Asia/Shanghai'")
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (KeyError, ValueError, OSError) as exc:  # ZoneInfoNotFoundError is a KeyError
-            raise RuleError(path, f"unknown time zone '{value[:64]}'") from exc
-        if value != configured:
-            raise RuleError(path, f"rule times are local to {configured} (routing.timezone); "
-                            f"'{value}' is not supported per rule")
-
-    @staticmethod
-    def _check_bounds(rule: Rule, path: str) -> None:
-        if len(rule.name) > MAX_NAME_CHARS:
-            raise RuleError(child(path, "name"), f"at most {MAX_NAME_CHARS} characters")
-        if abs(rule.position) > MAX_POSITION:
-            raise RuleError(child(path, "position"), f"must be within ±{MAX_POSITION}")
-        if abs(rule.actions.priority) > MAX_PRIORITY:
-            raise RuleError(child(path, "then.priority"), f"must be within ±{MAX_PRIORITY}")
-        for key in _SECONDS_FIELDS:
-            if getattr(rule.actions, key) > MAX_SECONDS:
-                raise RuleError(child(path, f"then.{key}"), f"at most {MAX_SECONDS:g} seconds")
 
     # ---- writing -------------------------------------------------------------------------
 
@@ -408,7 +354,7 @@ class RuleBook:
                 data["position"] = max((r.position for r in rows), default=0) + 10
             name = data.get("name")
             if data.get("id") is None and isinstance(name, str) and name.strip():
-                data["id"] = _unique(slug_id(name.strip()), taken | RESERVED_IDS)
+                data["id"] = unique_id(slug_id(name.strip()), taken | RESERVED_IDS)
             normalized = self.validate(data, extra_skills=self._skills_in(rows))
             rule_id = str(normalized["id"])
             if rule_id in taken:
@@ -468,7 +414,7 @@ class RuleBook:
         with self._write, self._sessions() as session, session.begin():
             rows = self._rows(session)
             current = {r.id: _stored(r) for r in rows}
-            wanted = self._validate_entries(self._document_entries(text), self._skills_in(rows))
+            wanted = self._validate_document(text, self._skills_in(rows))
             self._check_match(set_etag((r.id, r.version) for r in rows), tags, "the rule set")
             created: list[str] = []
             updated: list[str] = []
@@ -494,43 +440,13 @@ class RuleBook:
         return ImportOutcome(etag, tuple(created), tuple(updated), tuple(deleted),
                              tuple(unchanged))
 
-    def _document_entries(self, text: str) -> list[Any]:
-        """The rule entries of a ``{rules: [...], timezone?: ZONE}`` document."""
-        document = _load_document(text)
-        check_keys(document, ("rules", "timezone"), "")
-        if "timezone" in document:
-            self._check_timezone(document["timezone"], "timezone")
-        if "rules" not in document:
-            raise RuleError("rules", "is required")
-        entries = as_list(document["rules"], "rules")
-        if len(entries) > MAX_RULES:
-            raise RuleError("rules", f"at most {MAX_RULES} rules")
-        return entries
-
-    def _validate_entries(self, entries: list[Any], skills: frozenset[str]
-                          ) -> list[dict[str, Any]]:
-        """Every rule of a document, normalized; ids made from names where absent, no repeats."""
-        explicit = {e["id"] for e in entries if isinstance(e, Mapping) and isinstance(e.get("id"),
-                                                                                       str)}
-        taken: set[str] = set()
-        first_use: dict[str, int] = {}
-        out: list[dict[str, Any]] = []
-        for index, entry in enumerate(entries):
-            if isinstance(entry, Mapping) and entry.get("id") is None:
-                name = entry.get("name")
-                if isinstance(name, str) and name.strip():
-                    # Two rules may share a name; their generated ids must still differ.
-                    entry = {**entry, "id": _unique(slug_id(name.strip()),
-                                                    taken | explicit | RESERVED_IDS)}
-            body = self.validate(entry, index=index, extra_skills=skills)
-            rule_id = str(body["id"])
-            if rule_id in first_use:
-                raise RuleError(child(item("rules", index), "id"),
-                                f"duplicate id '{rule_id}' (also rules[{first_use[rule_id]}])")
-            first_use[rule_id] = index
-            taken.add(rule_id)
-            out.append(body)
-        return out
+    def _validate_document(self, text: str, skills: frozenset[str]) -> list[dict[str, Any]]:
+        """Every rule of a ``{rules: [...], timezone?: ZONE}`` document, normalized."""
+        document = document_from_yaml(text)
+        if document.timezone is not None:
+            check_timezone(document.timezone, self.routing.calendar.timezone.key, "timezone")
+        return [self.validate(rule, index=index, extra_skills=skills)
+                for index, rule in enumerate(document.rules)]
 
     # ---- store helpers -------------------------------------------------------------------
 
@@ -605,27 +521,3 @@ class RuleBook:
         session.add(RuleChangeRow(rule_id=rule_id, action=action, version=version,
                                   by=_fit(by, "by"), at=at, before=before, after=after,
                                   diff=diff))
-
-
-def _unique(base: str, taken: set[str]) -> str:
-    candidate, suffix = base, 2
-    while candidate in taken:
-        candidate, suffix = f"{base}-{suffix}", suffix + 1
-    return candidate
-
-
-def _load_document(text: str) -> Mapping[str, Any]:
-    """The top-level object of an imported document, or RuleError naming the body."""
-    try:
-        document = load_yaml(text)
-    except RuleError as exc:
-        raise RuleError("", exc.message) from exc
-    except (ValueError, TypeError, OverflowError) as exc:  # e.g. a date like 2024-02-30
-        raise RuleError("", f"invalid YAML value: {exc}") from exc
-    except RecursionError as exc:
-        raise RuleError("", "invalid YAML: nested too deeply") from exc
-    if document is None:
-        raise RuleError("", "the document is empty; expected an object with a 'rules' list")
-    if not isinstance(document, Mapping):
-        raise RuleError("", "expected an object with a 'rules' list at the top")
-    return as_mapping(document, "")

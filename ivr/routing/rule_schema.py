@@ -1,23 +1,66 @@
-"""Field readers for routing rules in dict form (YAML or JSON): each names the field it rejects."""
+"""The one schema of a routing rule: pydantic models that the REST API, YAML import and export,
+``routing.rules_file`` and the stored rules are all read through.
+
+The models check everything that can be told from a rule alone: shape, types, allowed words,
+"HH:MM" times, bounds. What needs the deployment (configured regions, known skills, the
+calendar's timezone) or compares windows with each other is checked where the rule becomes a
+:class:`~ivr.routing.rules.Rule` or enters the store, and named the same way. ``parse`` turns a
+pydantic error into a :class:`RuleError` whose ``field`` is a path such as
+``rules[2].then.skill`` and whose message says what was expected.
+"""
 
 from __future__ import annotations
 
 import datetime
-import difflib
 import hashlib
-import math
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Any
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
 
 from ivr.errors import RuleError
+from ivr.validation import explain, keys_at, kind, shown
 
+INTENTS = ("billing", "product_info", "account_security", "technical_fault", "capacity",
+           "ticket_status", "complaint", "human_agent", "unknown")
+# "none" and None both mean the voiceprint check was not run for this call.
+VERIFICATION_RESULTS = ("accept", "reject", "uncertain", "none")
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+CALLER_REGION = "caller"
+ANY_REGION = "any"
+
+HolidayMode = Literal["any", "exclude", "only"]
+CallerTier = Literal["any", "vip", "standard"]
+AfterHours = Literal["callback", "announce_hangup", "queue"]
+
+# Bounds: the store's integer columns are 64-bit; beyond these a value is a typo, not a policy.
+MAX_POSITION = 1_000_000_000
+MAX_PRIORITY = 1_000_000
+MAX_SECONDS = 86_400.0
+MAX_NAME_CHARS = 200
+MAX_WINDOWS = 50  # per list; the overlap check compares every pair
+MAX_RULES = 1_000  # per imported document
+
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _SLUG_JUNK = re.compile(r"[^a-z0-9]+")
 RULE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ModelT = TypeVar("_ModelT", bound=BaseModel)
+
+
+# ---- paths and words for messages ---------------------------------------------------------
 
 
 def child(path: str, key: str) -> str:
@@ -30,116 +73,228 @@ def item(path: str, index: int) -> str:
     return f"{path}[{index}]"
 
 
-def _kind(value: object) -> str:
-    """What a value is, in JSON words, for error messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, Mapping):
-        return "an object"
-    if isinstance(value, list | tuple):
-        return "a list"
-    return type(value).__name__
+def dotted(loc: Sequence[str | int], path: str = "") -> str:
+    """A pydantic location as a field path under ``path``: ("then", "open_hours", 1, "end")
+    becomes "then.open_hours[1].end"."""
+    for part in loc:
+        path = item(path, part) if isinstance(part, int) else child(path, str(part))
+    return path
+
+
+# ---- field types ----------------------------------------------------------------------------
+
+
+def _integral(value: object) -> object:
+    """JSON Schema counts 5.0 as an integer; the rule format wants 5 (strings stay wrong)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _text(value: str) -> str:
+    """A string stripped of surrounding blanks, which must leave something."""
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value.strip()
+
+
+def _seconds(value: object) -> object:
+    """A finite number of seconds greater than zero."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number of seconds, got {kind(value)} {shown(value)}")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"must be a positive number of seconds, got {shown(value)}")
+    return float(value)
+
+
+def _clock(value: object) -> object:
+    """A local wall-clock time written "HH:MM" (00:00 .. 23:59), kept as the string."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        # YAML 1.1 reads an unquoted 09:00 as the sexagesimal integer 540.
+        raise ValueError(f'expected a quoted "HH:MM" string, got the number {value}')
+    if not isinstance(value, str):
+        raise ValueError(f'expected a "HH:MM" string, got {kind(value)}')
+    if _CLOCK.match(value) is None:
+        raise ValueError(f'expected "HH:MM" between 00:00 and 23:59, got {shown(value)}')
+    return value
+
+
+def _rule_id(value: str) -> str:
+    if RULE_ID.match(value) is None:
+        raise ValueError(f"{shown(value)} is not a valid id (letters, digits, '.', '_', '-'; "
+                         "at most 64)")
+    return value
+
+
+def _words(choices: Sequence[str], what: str, *, at_least_one: bool = False
+           ) -> AfterValidator:
+    """A list whose items are each one of ``choices``; order kept, repeats dropped."""
+
+    def check(values: list[str]) -> list[str]:
+        for value in values:
+            if value not in choices:
+                raise ValueError(f"unknown {what} {shown(value)} "
+                                 f"(expected one of {', '.join(choices)})")
+        if at_least_one and not values:
+            raise ValueError(f"must name at least one {what}")
+        return list(dict.fromkeys(values))
+
+    return AfterValidator(check)
+
+
+def _any_alone(values: list[str]) -> list[str]:
+    values = list(dict.fromkeys(values))
+    if ANY_REGION in values and len(values) > 1:
+        raise ValueError(f"'{ANY_REGION}' stands alone; it already means every other region")
+    return values
+
+
+def _enum(choices: Sequence[str]) -> WithJsonSchema:
+    return WithJsonSchema({"type": "string", "enum": list(choices)})
+
+
+Integer = Annotated[int, BeforeValidator(_integral)]
+Text = Annotated[str, AfterValidator(_text)]
+Seconds = Annotated[float, BeforeValidator(_seconds)]
+Clock = Annotated[str, BeforeValidator(_clock),
+                  WithJsonSchema({"type": "string", "pattern": _CLOCK.pattern,
+                                  "examples": ["08:00"]})]
+Intent = Annotated[str, _enum(INTENTS)]
+Verification = Annotated[str, _enum(VERIFICATION_RESULTS)]
+Day = Annotated[str, _enum(DAY_NAMES)]
+Windows = Annotated[list["WindowModel"], Field(default_factory=list, max_length=MAX_WINDOWS)]
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+# ---- the models -----------------------------------------------------------------------------
+
+
+class WindowModel(BaseModel):
+    """A weekly window of local time; an end before the start runs past midnight."""
+
+    model_config = _STRICT
+
+    days: Annotated[list[Day], _words(DAY_NAMES, "day", at_least_one=True)] = Field(
+        json_schema_extra={"minItems": 1})
+    start: Clock
+    end: Clock
+
+    @field_validator("end")
+    @classmethod
+    def _not_start(cls, end: str, info: ValidationInfo) -> str:
+        if info.data.get("start") == end:
+            raise ValueError('equals start, which is ambiguous (0 or 24 hours); split a whole '
+                             'day into "00:00"-"12:00" and "12:00"-"00:00"')
+        return end
+
+
+class WhenModel(BaseModel):
+    """When a rule applies; an empty condition matches anything."""
+
+    model_config = _STRICT
+
+    intents: Annotated[list[Intent], _words(INTENTS, "intent")] = Field(default_factory=list)
+    regions: list[Text] = Field(default_factory=list, description="caller regions")
+    hours: Windows
+    holidays: HolidayMode = "any"
+    caller_tier: CallerTier = "any"
+    verification: Annotated[list[Verification],
+                            _words(VERIFICATION_RESULTS, "verification result")] = Field(
+        default_factory=list)
+
+
+class ThenModel(BaseModel):
+    """Where and how a matching call is queued."""
+
+    model_config = _STRICT
+
+    target_region: Text = Field(CALLER_REGION, description=f"a region, or '{CALLER_REGION}'")
+    skill: Text | None = Field(None, description="an agent skill; null: the intent's name")
+    priority: Integer = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
+    overflow_regions: Annotated[list[Text], AfterValidator(_any_alone)] = Field(
+        default_factory=list, description=f"regions, or ['{ANY_REGION}'] alone")
+    overflow_after_s: Seconds = Field(60.0, gt=0, le=MAX_SECONDS)
+    ring_timeout_s: Seconds = Field(15.0, gt=0, le=MAX_SECONDS)
+    max_wait_s: Seconds = Field(300.0, gt=0, le=MAX_SECONDS)
+    open_hours: Windows
+    open_on_holidays: bool = False
+    after_hours: AfterHours = "callback"
+
+
+class RuleIn(BaseModel):
+    """A rule as written (REST body, YAML entry): defaults may be left out."""
+
+    model_config = _STRICT
+
+    id: Annotated[str, AfterValidator(_rule_id)] | None = Field(
+        None, json_schema_extra={"pattern": RULE_ID.pattern},
+        description="null on create: made from the name")
+    name: Text = Field(max_length=MAX_NAME_CHARS)
+    position: Integer | None = Field(None, ge=-MAX_POSITION, le=MAX_POSITION,
+                                     description="evaluation order, lowest first; null on "
+                                                 "create: last, on replace: unchanged")
+    enabled: bool = True
+    when: WhenModel | None = None
+    then: ThenModel | None = None
+    timezone: str | None = Field(None, max_length=64,
+                                 description="the zone the times are written in; must be the "
+                                             "configured routing.timezone (not stored)")
+
+
+class RuleBody(BaseModel):
+    """A rule in dict form, every field written out (as stored and exported)."""
+
+    model_config = _STRICT
+
+    id: str
+    name: str
+    position: Integer
+    enabled: bool
+    when: WhenModel
+    then: ThenModel
+
+
+class RuleDocument(BaseModel):
+    """A YAML document of rules: what export writes, import and ``routing.rules_file`` read
+    (there the rules may leave defaults out, as on create)."""
+
+    model_config = _STRICT
+
+    timezone: str | None = Field(None, max_length=64,
+                                 description="must be routing.timezone if given")
+    rules: list[RuleIn] = Field(max_length=MAX_RULES)
+
+
+def parse(model: type[_ModelT], data: object, path: str = "") -> _ModelT:
+    """``data`` read through ``model``, or RuleError naming the first bad field under ``path``."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        # An unknown key is most often the misspelling of a missing one: name it first.
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+        loc = tuple(first["loc"])
+        allowed = keys_at(model, loc[:-1]) if first["type"] == "extra_forbidden" else None
+        raise RuleError(dotted(loc, path), explain(first, allowed)) from exc
 
 
 def as_mapping(value: object, path: str) -> Mapping[str, Any]:
     """An object with string keys, or RuleError."""
     if not isinstance(value, Mapping):
-        raise RuleError(path, f"expected an object, got {_kind(value)}")
+        raise RuleError(path, f"expected an object, got {kind(value)}")
     for key in value:
         if not isinstance(key, str):
-            raise RuleError(path, f"keys must be strings, got {key!r}")
+            raise RuleError(path, f"keys must be strings, got {shown(key)}")
     return value
 
 
-def check_keys(data: Mapping[str, Any], allowed: Collection[str], path: str) -> None:
-    """Reject keys outside ``allowed`` (typos must not silently turn into defaults)."""
-    for key in data:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, list(allowed), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            expected = ", ".join(sorted(allowed))
-            raise RuleError(child(path, key), f"unknown key (expected one of {expected}){hint}")
+# ---- times, days, ids, YAML ---------------------------------------------------------------
 
 
-def as_str(value: object, path: str) -> str:
-    """A non-blank string, stripped, or RuleError."""
-    if not isinstance(value, str):
-        raise RuleError(path, f"expected a string, got {_kind(value)}")
-    if not value.strip():
-        raise RuleError(path, "must not be empty")
-    return value.strip()
-
-
-def as_int(value: object, path: str) -> int:
-    """An integer (not a boolean, not a float), or RuleError."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RuleError(path, f"expected an integer, got {_kind(value)} {value!r}")
-    return value
-
-
-def as_bool(value: object, path: str) -> bool:
-    """true or false, or RuleError."""
-    if not isinstance(value, bool):
-        raise RuleError(path, f"expected true or false, got {_kind(value)} {value!r}")
-    return value
-
-
-def as_seconds(value: object, path: str) -> float:
-    """A finite number of seconds greater than zero, or RuleError."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RuleError(path, f"expected a number of seconds, got {_kind(value)} {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise RuleError(path, f"must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-def as_choice(value: object, path: str, choices: Sequence[str]) -> str:
-    """One of ``choices``, or RuleError listing them."""
-    if not isinstance(value, str):
-        raise RuleError(path, f"expected one of {', '.join(choices)}, got {_kind(value)}")
-    if value not in choices:
-        raise RuleError(path, f"unknown value '{value}' (expected one of {', '.join(choices)})")
-    return value
-
-
-def as_list(value: object, path: str) -> list[Any]:
-    """A list, or RuleError (a bare string is not a list of one)."""
-    if not isinstance(value, list | tuple):
-        raise RuleError(path, f"expected a list, got {_kind(value)}")
-    return list(value)
-
-
-def as_choices(value: object, path: str, choices: Sequence[str], what: str) -> tuple[str, ...]:
-    """A list whose items are each one of ``choices``; order kept, repeats dropped."""
-    out: list[str] = []
-    for entry in as_list(value, path):
-        if not isinstance(entry, str):
-            raise RuleError(path, f"expected {what} names, got {_kind(entry)} {entry!r}")
-        if entry not in choices:
-            expected = ", ".join(choices)
-            raise RuleError(path, f"unknown {what} '{entry}' (expected one of {expected})")
-        if entry not in out:
-            out.append(entry)
-    return tuple(out)
-
-
-def parse_clock(value: object, path: str) -> datetime.time:
-    """A local wall-clock time written "HH:MM" (00:00 .. 23:59)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        # YAML 1.1 reads an unquoted 09:00 as the sexagesimal integer 540.
-        raise RuleError(path, f'expected a quoted "HH:MM" string, got the number {value}')
-    if not isinstance(value, str):
-        raise RuleError(path, f'expected a "HH:MM" string, got {_kind(value)}')
-    match = _CLOCK.match(value)
-    if match is None:
-        raise RuleError(path, f'expected "HH:MM" between 00:00 and 23:59, got {value!r}')
-    return datetime.time(int(match[1]), int(match[2]))
+def parse_clock(value: str) -> datetime.time:
+    """The time of a "HH:MM" string the schema accepted."""
+    hours, minutes = value.split(":")
+    return datetime.time(int(hours), int(minutes))
 
 
 def format_clock(value: datetime.time) -> str:
@@ -147,15 +302,12 @@ def format_clock(value: datetime.time) -> str:
     return f"{value.hour:02d}:{value.minute:02d}"
 
 
-def parse_days(value: object, path: str) -> frozenset[int]:
-    """A non-empty list of day names (mon .. sun) as weekday numbers (0 = Monday)."""
-    names = as_choices(value, path, DAY_NAMES, "day")
-    if not names:
-        raise RuleError(path, "must name at least one day")
+def day_numbers(names: Sequence[str]) -> frozenset[int]:
+    """Day names (mon .. sun) as weekday numbers (0 = Monday)."""
     return frozenset(DAY_NAMES.index(name) for name in names)
 
 
-def format_days(days: Iterable[int]) -> list[str]:
+def format_days(days: typing.Iterable[int]) -> list[str]:
     """Weekday numbers as day names, Monday first."""
     return [DAY_NAMES[day] for day in sorted(days)]
 
@@ -175,26 +327,29 @@ def slug_id(name: str) -> str:
     return "rule-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
 
 
-def as_rule_id(value: object, path: str) -> str:
-    """A rule id that is safe in a URL path segment."""
-    text = as_str(value, path)
-    if RULE_ID.match(text) is None:
-        raise RuleError(
-            path, f"'{text}' is not a valid id (letters, digits, '.', '_', '-'; at most 64)"
-        )
-    return text
+def unique_id(base: str, taken: typing.AbstractSet[str]) -> str:
+    """``base``, or ``base-2``, ``base-3``... whichever is not taken."""
+    candidate, suffix = base, 2
+    while candidate in taken:
+        candidate, suffix = f"{base}-{suffix}", suffix + 1
+    return candidate
 
 
 def load_yaml(text: str) -> Any:
-    """Parse YAML safely; syntax errors become RuleError with the line number."""
+    """Parse YAML safely; anything unreadable becomes RuleError naming the whole document
+    (syntax errors with the line number)."""
     try:
         return yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise RuleError("rules", f"invalid YAML{where}: {exc.problem}") from exc
+        raise RuleError("", f"invalid YAML{where}: {exc.problem}") from exc
     except yaml.YAMLError as exc:
-        raise RuleError("rules", f"invalid YAML: {exc}") from exc
+        raise RuleError("", f"invalid YAML: {exc}") from exc
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. a date like 2024-02-30
+        raise RuleError("", f"invalid YAML value: {exc}") from exc
+    except RecursionError as exc:
+        raise RuleError("", "invalid YAML: nested too deeply") from exc
 
 
 class _RuleDumper(yaml.SafeDumper):

@@ -3,7 +3,9 @@
 ``decide`` takes the facts of one call, the rules, the time and the holiday calendar, and returns a
 ``RoutingDecision`` that records every value it used. The first enabled rule whose conditions all
 hold wins, in ascending ``position`` (ties keep list order); no match gives the default route.
-Rules travel as dicts (REST JSON) or YAML; ``rule_from_dict`` validates and names the bad field.
+Rules travel as dicts (REST JSON) or YAML, read through the one schema in
+``ivr.routing.rule_schema``; ``rule_from_dict`` adds the deployment's checks and names the bad
+field.
 """
 
 from __future__ import annotations
@@ -13,47 +15,41 @@ import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal
 
 from ivr.errors import RuleError
 from ivr.routing.rule_schema import (
-    as_bool,
-    as_choice,
-    as_choices,
-    as_int,
-    as_list,
+    ANY_REGION,
+    CALLER_REGION,
+    INTENTS,
+    VERIFICATION_RESULTS,
+    AfterHours,
+    CallerTier,
+    HolidayMode,
+    RuleDocument,
+    RuleIn,
+    ThenModel,
+    WhenModel,
+    WindowModel,
     as_mapping,
-    as_rule_id,
-    as_seconds,
-    as_str,
-    check_keys,
     child,
+    day_numbers,
     dump_yaml,
     format_clock,
     format_days,
     format_week_point,
     item,
     load_yaml,
+    parse,
     parse_clock,
-    parse_days,
     slug_id,
+    unique_id,
 )
 
-INTENTS = ("billing", "product_info", "account_security", "technical_fault", "capacity",
-           "ticket_status", "complaint", "human_agent", "unknown")
-# "none" and None both mean the voiceprint check was not run for this call.
-VERIFICATION_RESULTS = ("accept", "reject", "uncertain", "none")
-CALLER_REGION = "caller"
-ANY_REGION = "any"
 DEFAULT_TIMEZONE = "Asia/Shanghai"
-
-HolidayMode = Literal["any", "exclude", "only"]
-CallerTier = Literal["any", "vip", "standard"]
-AfterHours = Literal["callback", "announce_hangup", "queue"]
+# Paths beside the rule ids in the REST API, so no rule may take them as its id.
+RESERVED_IDS = frozenset({"history", "export", "import"})
 DecisionAction = Literal["queue", "callback", "announce_hangup"]
-HOLIDAY_MODES: tuple[str, ...] = get_args(HolidayMode)
-CALLER_TIERS: tuple[str, ...] = get_args(CallerTier)
-AFTER_HOURS: tuple[str, ...] = get_args(AfterHours)
 
 _DAY_US = 24 * 3600 * 1_000_000
 _WEEK_US = 7 * _DAY_US
@@ -302,49 +298,23 @@ def decide(
 
 # ---- dict / YAML form ---------------------------------------------------------------------
 
-_RULE_KEYS = ("id", "name", "position", "enabled", "when", "then")
-_WHEN_KEYS = ("intents", "regions", "hours", "holidays", "caller_tier", "verification")
-_THEN_KEYS = ("target_region", "skill", "priority", "overflow_regions", "overflow_after_s",
-              "ring_timeout_s", "max_wait_s", "open_hours", "open_on_holidays", "after_hours")
-_WINDOW_KEYS = ("days", "start", "end")
 
-
-def _required(data: Mapping[str, Any], key: str, path: str) -> Any:
-    if key not in data:
-        raise RuleError(child(path, key), "is required")
-    return data[key]
-
-
-def _section(data: Mapping[str, Any], key: str, path: str, allowed: Sequence[str]) -> Any:
-    """The ``when`` or ``then`` object (absent or null = all defaults), keys checked."""
-    value = data.get(key)
-    section = as_mapping({} if value is None else value, child(path, key))
-    check_keys(section, allowed, child(path, key))
-    return section
-
-
-def _windows_from(value: object, path: str) -> tuple[TimeWindow, ...]:
-    """A list of {days, start, end} windows, none sharing a minute of the week with another."""
-    windows: list[TimeWindow] = []
-    for index, raw in enumerate(as_list(value, path)):
-        where = item(path, index)
-        entry = as_mapping(raw, where)
-        check_keys(entry, _WINDOW_KEYS, where)
-        window = TimeWindow(
-            days=parse_days(_required(entry, "days", where), child(where, "days")),
-            start=parse_clock(_required(entry, "start", where), child(where, "start")),
-            end=parse_clock(_required(entry, "end", where), child(where, "end")),
-        )
-        for other_index, other in enumerate(windows):
+def _windows_from(windows: Sequence[WindowModel], path: str) -> tuple[TimeWindow, ...]:
+    """Windows the schema accepted, none sharing a minute of the week with another."""
+    out: list[TimeWindow] = []
+    for index, entry in enumerate(windows):
+        window = TimeWindow(day_numbers(entry.days), parse_clock(entry.start),
+                            parse_clock(entry.end))
+        for other_index, other in enumerate(out):
             shared = _first_shared_point(window, other)
             if shared is not None:
                 raise RuleError(
-                    where,
+                    item(path, index),
                     f"overlaps {item(path.rsplit('.', 1)[-1], other_index)} "
                     f"(both include {format_week_point(shared)})",
                 )
-        windows.append(window)
-    return tuple(windows)
+        out.append(window)
+    return tuple(out)
 
 
 def _first_shared_point(a: TimeWindow, b: TimeWindow) -> int | None:
@@ -358,81 +328,84 @@ def _first_shared_point(a: TimeWindow, b: TimeWindow) -> int | None:
     return min(shared) if shared else None
 
 
-def _conditions_from(when: Mapping[str, Any], path: str, regions: Sequence[str]) -> Conditions:
-    intents = as_choices(when.get("intents", []), child(path, "intents"), INTENTS, "intent")
-    caller_regions = as_choices(when.get("regions", []), child(path, "regions"), regions, "region")
-    holidays = as_choice(when.get("holidays", "any"), child(path, "holidays"), HOLIDAY_MODES)
-    tier = as_choice(when.get("caller_tier", "any"), child(path, "caller_tier"), CALLER_TIERS)
-    verification = as_choices(
-        when.get("verification", []), child(path, "verification"), VERIFICATION_RESULTS,
-        "verification result",
-    )
+def _configured(values: Sequence[str], path: str, known: Sequence[str]) -> tuple[str, ...]:
+    """``values`` when each is a configured region (or one of the words the field allows)."""
+    for value in values:
+        if value not in known:
+            raise RuleError(path, f"unknown region '{value}' (expected one of {', '.join(known)})")
+    return tuple(values)
+
+
+def _conditions_from(when: WhenModel, path: str, regions: Sequence[str]) -> Conditions:
     return Conditions(
-        intents=frozenset(intents),
-        regions=frozenset(caller_regions),
-        windows=_windows_from(when.get("hours", []), child(path, "hours")),
-        holidays=cast(HolidayMode, holidays),
-        caller_tier=cast(CallerTier, tier),
-        verification=frozenset(verification),
+        intents=frozenset(when.intents),
+        regions=frozenset(_configured(when.regions, child(path, "regions"), regions)),
+        windows=_windows_from(when.hours, child(path, "hours")),
+        holidays=when.holidays,
+        caller_tier=when.caller_tier,
+        verification=frozenset(when.verification),
     )
 
 
-def _actions_from(then: Mapping[str, Any], path: str, regions: Sequence[str]) -> Actions:
-    target = as_choice(
-        then.get("target_region", CALLER_REGION), child(path, "target_region"),
-        (CALLER_REGION, *regions),
-    )
-    skill_value = then.get("skill")
-    skill = None if skill_value is None else as_str(skill_value, child(path, "skill"))
-    overflow_path = child(path, "overflow_regions")
-    overflow = as_choices(
-        then.get("overflow_regions", []), overflow_path, (ANY_REGION, *regions), "region"
-    )
-    if ANY_REGION in overflow and len(overflow) > 1:
-        raise RuleError(overflow_path, "'any' stands alone; it already means every other region")
-    defaults = Actions()
-    after_hours = as_choice(
-        then.get("after_hours", defaults.after_hours), child(path, "after_hours"), AFTER_HOURS
-    )
+def _actions_from(then: ThenModel, path: str, regions: Sequence[str]) -> Actions:
+    targets = (CALLER_REGION, *regions)
+    if then.target_region not in targets:
+        raise RuleError(child(path, "target_region"), f"unknown value '{then.target_region}' "
+                        f"(expected one of {', '.join(targets)})")
     return Actions(
-        target_region=target,
-        skill=skill,
-        priority=as_int(then.get("priority", defaults.priority), child(path, "priority")),
-        overflow_regions=overflow,
-        overflow_after_s=as_seconds(
-            then.get("overflow_after_s", defaults.overflow_after_s), child(path, "overflow_after_s")
-        ),
-        ring_timeout_s=as_seconds(
-            then.get("ring_timeout_s", defaults.ring_timeout_s), child(path, "ring_timeout_s")
-        ),
-        max_wait_s=as_seconds(
-            then.get("max_wait_s", defaults.max_wait_s), child(path, "max_wait_s")
-        ),
-        open_hours=_windows_from(then.get("open_hours", []), child(path, "open_hours")),
-        open_on_holidays=as_bool(
-            then.get("open_on_holidays", defaults.open_on_holidays),
-            child(path, "open_on_holidays"),
-        ),
-        after_hours=cast(AfterHours, after_hours),
+        target_region=then.target_region,
+        skill=then.skill,
+        priority=then.priority,
+        overflow_regions=_configured(then.overflow_regions, child(path, "overflow_regions"),
+                                     (ANY_REGION, *regions)),
+        overflow_after_s=then.overflow_after_s,
+        ring_timeout_s=then.ring_timeout_s,
+        max_wait_s=then.max_wait_s,
+        open_hours=_windows_from(then.open_hours, child(path, "open_hours")),
+        open_on_holidays=then.open_on_holidays,
+        after_hours=then.after_hours,
     )
+
+
+def check_timezone(value: str, configured: str, path: str) -> None:
+    """A rule's ``timezone`` only asserts the calendar's zone: it must be that zone."""
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (KeyError, ValueError, OSError) as exc:  # ZoneInfoNotFoundError is a KeyError
+        raise RuleError(path, f"unknown time zone '{value[:64]}'") from exc
+    if value != configured:
+        raise RuleError(path, f"rule times are local to {configured} (routing.timezone); "
+                        f"'{value}' is not supported per rule")
+
+
+def rule_from_model(
+    model: RuleIn, *, regions: Sequence[str], path: str = "", timezone: str = DEFAULT_TIMEZONE
+) -> Rule:
+    """A rule the schema accepted, checked against the deployment (configured regions, the
+    calendar's zone, overlapping windows); RuleError names the field under ``path``."""
+    if model.position is None:
+        raise RuleError(child(path, "position"), "is required")
+    if model.timezone is not None:
+        check_timezone(model.timezone, timezone, child(path, "timezone"))
+    when = model.when or WhenModel.model_validate({})
+    then = model.then or ThenModel.model_validate({})
+    conditions = _conditions_from(when, child(path, "when"), regions)
+    actions = _actions_from(then, child(path, "then"), regions)
+    rule_id = model.id if model.id is not None else slug_id(model.name)
+    if rule_id in RESERVED_IDS:
+        raise RuleError(child(path, "id"), f"'{rule_id}' is reserved (one of "
+                        f"{', '.join(sorted(RESERVED_IDS))}); choose another id")
+    return Rule(rule_id, model.name, model.position, conditions, actions, model.enabled)
 
 
 def rule_from_dict(
-    data: Mapping[str, Any], *, regions: Sequence[str], index: int | None = None
+    data: Mapping[str, Any], *, regions: Sequence[str], index: int | None = None,
+    timezone: str = DEFAULT_TIMEZONE,
 ) -> Rule:
     """Validate one rule in dict form; RuleError names the field (``rules[index]....``)."""
     path = item("rules", index) if index is not None else ""
-    data = as_mapping(data, path)
-    check_keys(data, _RULE_KEYS, path)
-    name = as_str(_required(data, "name", path), child(path, "name"))
-    raw_id = data.get("id")
-    rule_id = slug_id(name) if raw_id is None else as_rule_id(raw_id, child(path, "id"))
-    position = as_int(_required(data, "position", path), child(path, "position"))
-    enabled = as_bool(data.get("enabled", True), child(path, "enabled"))
-    when_path, then_path = child(path, "when"), child(path, "then")
-    conditions = _conditions_from(_section(data, "when", path, _WHEN_KEYS), when_path, regions)
-    actions = _actions_from(_section(data, "then", path, _THEN_KEYS), then_path, regions)
-    return Rule(rule_id, name, position, conditions, actions, enabled)
+    model = parse(RuleIn, as_mapping(data, path), path)
+    return rule_from_model(model, regions=regions, path=path, timezone=timezone)
 
 
 def _windows_to_list(windows: Sequence[TimeWindow]) -> list[dict[str, Any]]:
@@ -478,42 +451,38 @@ def rule_to_dict(rule: Rule) -> dict[str, Any]:
     }
 
 
-def _unique_id(base: str, taken: set[str]) -> str:
-    candidate, suffix = base, 2
-    while candidate in taken:
-        candidate, suffix = f"{base}-{suffix}", suffix + 1
-    return candidate
-
-
-def rules_from_yaml(text: str, *, regions: Sequence[str]) -> list[Rule]:
-    """Validate a ``{rules: [...]}`` YAML (or JSON) document; rules come back in file order."""
+def document_from_yaml(text: str) -> RuleDocument:
+    """A ``{rules: [...], timezone?: ZONE}`` YAML (or JSON) document read through the schema;
+    rules without an id get one made from their name, unique within the document."""
     document = load_yaml(text)
     if document is None:
-        raise RuleError("rules", "the document is empty; expected an object with a 'rules' list")
+        raise RuleError("", "the document is empty; expected an object with a 'rules' list")
     if not isinstance(document, Mapping):
-        raise RuleError("rules", "expected an object with a 'rules' list at the top")
-    check_keys(as_mapping(document, ""), ("rules",), "")
-    entries = as_list(_required(document, "rules", ""), "rules")
-    explicit = {e["id"] for e in entries if isinstance(e, Mapping) and isinstance(e.get("id"), str)}
-    taken: set[str] = set()
+        raise RuleError("", "expected an object with a 'rules' list at the top")
+    parsed = parse(RuleDocument, as_mapping(document, ""))
+    taken = {rule.id for rule in parsed.rules if rule.id is not None}
+    for rule in parsed.rules:
+        if rule.id is None:  # two rules may share a name; their ids must still differ
+            rule.id = unique_id(slug_id(rule.name), taken | RESERVED_IDS)
+            taken.add(rule.id)
     first_use: dict[str, int] = {}
-    rules: list[Rule] = []
-    for index, entry in enumerate(entries):
-        if isinstance(entry, Mapping) and entry.get("id") is None:
-            name = entry.get("name")
-            if isinstance(name, str) and name.strip():
-                # Two rules may share a name; their generated ids must still differ.
-                entry = {**entry, "id": _unique_id(slug_id(name.strip()), taken | explicit)}
-        rule = rule_from_dict(entry, regions=regions, index=index)
+    for index, rule in enumerate(parsed.rules):
         if rule.id in first_use:
-            raise RuleError(
-                child(item("rules", index), "id"),
-                f"duplicate id '{rule.id}' (also rules[{first_use[rule.id]}])",
-            )
-        first_use[rule.id] = index
-        taken.add(rule.id)
-        rules.append(rule)
-    return rules
+            raise RuleError(child(item("rules", index), "id"),
+                            f"duplicate id '{rule.id}' (also rules[{first_use[rule.id]}])")
+        first_use[str(rule.id)] = index
+    return parsed
+
+
+def rules_from_yaml(
+    text: str, *, regions: Sequence[str], timezone: str = DEFAULT_TIMEZONE
+) -> list[Rule]:
+    """Validate a ``{rules: [...]}`` YAML (or JSON) document; rules come back in file order."""
+    document = document_from_yaml(text)
+    if document.timezone is not None:
+        check_timezone(document.timezone, timezone, "timezone")
+    return [rule_from_model(rule, regions=regions, path=item("rules", index), timezone=timezone)
+            for index, rule in enumerate(document.rules)]
 
 
 def rules_to_yaml(rules: Sequence[Rule]) -> str:

@@ -52,7 +52,7 @@ class RoutingService:
         """Load the configured (or shipped) rules into an empty store; True when loaded."""
         if self.settings.rules_file is not None:
             rules = rules_from_yaml(self.settings.rules_file.read_text(encoding="utf-8"),
-                                    regions=self.regions)
+                                    regions=self.regions, timezone=self.settings.timezone)
         else:
             rules = load_default_rules(self.regions)
         return self.store.seed_rules([rule_to_dict(rule) for rule in rules])
@@ -63,7 +63,8 @@ class RoutingService:
         stamp = self.store.rule_stamp()
         if self._rules is not None and stamp == self._stamp:
             return False
-        rules = tuple(rule_from_dict(body, regions=self.regions, index=i)
+        rules = tuple(rule_from_dict(body, regions=self.regions, index=i,
+                                     timezone=self.settings.timezone)
                       for i, body in enumerate(self.store.rule_bodies()))
         with self._lock:
             self._rules, self._stamp = rules, stamp
