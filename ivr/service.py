@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
+import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +23,7 @@ from asr.silero import SileroOptions, SileroVad
 from ivr.api.app import create_app
 from ivr.api.services import ApiServices
 from ivr.asterisk.instance import AriCredentials, AsteriskInstance
-from ivr.asterisk.provision import locate_asterisk
+from ivr.asterisk.provision import cache_dir, locate_asterisk
 from ivr.auth.tokens import TokenStore
 from ivr.bus import EventBus
 from ivr.errors import IvrError
@@ -42,7 +44,8 @@ from ivr.verification.codes import (
     OutboxSender,
     VerificationServices,
 )
-from voiceprint.embedding import EmbedderOptions, load_embedder
+from voiceprint import dvector
+from voiceprint.embedding import Embedder, EmbedderOptions, load_embedder
 from voiceprint.errors import MasterKeyError, VoiceprintError
 from voiceprint.scoring import Thresholds
 from voiceprint.service import VoiceprintOptions, VoiceprintService
@@ -166,52 +169,107 @@ def default_ecapa_dir(settings: Settings) -> Path | None:
     return folders[0] if folders else None
 
 
+def master_key_path() -> Path:
+    """Where a generated master key lives: the per-install secrets folder of the cache (next
+    to the PBX credentials), outside any checkout."""
+    return cache_dir() / "secrets" / "voiceprint-master.key"
+
+
 def master_key(settings: Settings) -> MasterKey | None:
-    """The voiceprint master key from settings or its file; None when neither is set."""
+    """The voiceprint master key from settings or its file; else the per-install key, made on
+    first use (32 random bytes, file mode 0600; the key itself is never logged). None when
+    none is configured and generation is off."""
     vp = settings.voiceprint
     if vp.master_key is not None:
         return MasterKey.from_config(vp.master_key.get_secret_value())
-    if vp.master_key_file is not None:
-        try:
-            text = vp.master_key_file.read_text(encoding="ascii")
-        except OSError as exc:
-            raise MasterKeyError(f"voiceprint master key file unreadable: {exc.strerror}"
-                                 ) from None
-        return MasterKey.from_config(text)
-    return None
+    path = vp.master_key_file
+    if path is None:
+        if not vp.generate_master_key:
+            return None
+        path = master_key_path()
+        if _make_key_file(path):
+            log.warning("voiceprint master key generated; back it up (without it every "
+                        "caller must enroll again)", extra={"path": str(path)})
+    try:
+        text = path.read_text(encoding="ascii")
+    except OSError as exc:
+        raise MasterKeyError(f"voiceprint master key file unreadable: {exc.strerror}"
+                             ) from None
+    return MasterKey.from_config(text)
+
+
+def _make_key_file(path: Path) -> bool:
+    """Create ``path`` with a fresh key unless it exists (another process may race: O_EXCL)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(secrets.token_hex(32) + "\n")
+    return True
+
+
+async def load_voiceprint(settings: Settings, store: Store, readiness: Readiness
+                          ) -> VoiceprintService:
+    """Tier 2 on the service's database. The decision log, account state and lockouts always
+    work; enrollment and verification need the model and the master key, and without them
+    callers who pass tier 1 go to the experts (said in /ready and in each 503)."""
+    vp = settings.voiceprint
+    key: MasterKey | None = None
+    embedder: Embedder | None = None
+    missing = ""
+    if not vp.enabled:
+        missing = "verification is disabled by configuration"
+    else:
+        key = master_key(settings)  # a malformed key stops the service: it must be fixed
+        if key is None:
+            missing = ("master key is not configured (IVR_VOICEPRINT__MASTER_KEY or "
+                       "IVR_VOICEPRINT__MASTER_KEY_FILE)")
+        else:
+            embedder, missing = await _load_speaker_model(settings)
+    options = VoiceprintOptions(
+        challenge_max_errors=vp.challenge_max_errors,
+        thresholds=(Thresholds(accept=vp.accept_threshold, reject=vp.reject_threshold)
+                    if vp.accept_threshold is not None and vp.reject_threshold is not None
+                    else None),
+        min_enroll_speech_s=vp.min_enroll_speech_s, min_verify_speech_s=vp.min_verify_speech_s,
+        retain_audio=timedelta(days=vp.retain_audio_days) if vp.retain_audio_days else None)
+    service = VoiceprintService(store.engine, embedder, key, options, unavailable=missing)
+    if missing:
+        readiness.degrade("voiceprint", f"voiceprint {missing}: tier 3 instead")
+    else:
+        assert embedder is not None
+        log.info("voiceprint ready", extra={"model": embedder.model_id,
+                                            "device": embedder.device})
+    return service
+
+
+async def _load_speaker_model(settings: Settings) -> tuple[Embedder | None, str]:
+    """The configured speaker model, or None and why not."""
+    vp = settings.voiceprint
+    try:
+        if vp.model == "dvector":
+            folder = vp.model_dir or dvector.installed_dir()
+            if vp.model_dir is None and not (folder / dvector.VERIFIED_MARK).is_file():
+                folder = await asyncio.to_thread(dvector.install)
+            return await asyncio.to_thread(dvector.load_dvector, folder, vp.device), ""
+        ecapa = default_ecapa_dir(settings)
+        if ecapa is None:
+            return None, "model: no ECAPA model in models/ecapa"
+        return await asyncio.to_thread(load_embedder, EmbedderOptions(
+            model_dir=ecapa, device=vp.device)), ""
+    except VoiceprintError as exc:
+        log.warning("voiceprint model unusable", extra={"error": str(exc)})
+        return None, f"model unusable ({exc})"
 
 
 async def load_voice_tier(settings: Settings, store: Store, readiness: Readiness
                           ) -> VoiceTier | None:
-    """Tier 2, or None (callers who pass tier 1 then go to the experts; said in /ready)."""
-    vp = settings.voiceprint
-    if not vp.enabled:
-        readiness.degrade("voiceprint", "voiceprint disabled by configuration: tier 3 instead")
-        return None
-    key = master_key(settings)  # a malformed key stops the service: it must be fixed
-    if key is None:
-        readiness.degrade("voiceprint", "no master key (IVR_VOICEPRINT__MASTER_KEY or "
-                          "IVR_VOICEPRINT__MASTER_KEY_FILE): tier 3 instead")
-        return None
-    model_dir = default_ecapa_dir(settings)
-    if model_dir is None:
-        readiness.degrade("voiceprint", "no ECAPA model in models/ecapa: tier 3 instead")
-        return None
-    try:
-        embedder = await asyncio.to_thread(load_embedder, EmbedderOptions(
-            model_dir=model_dir, device=vp.device))
-    except VoiceprintError as exc:
-        readiness.degrade("voiceprint", f"voiceprint model unusable, tier 3 instead: {exc}")
-        log.warning("voiceprint model unusable", extra={"error": str(exc)})
-        return None
-    options = VoiceprintOptions(
-        challenge_max_errors=vp.challenge_max_errors,
-        thresholds=Thresholds(accept=vp.accept_threshold, reject=vp.reject_threshold),
-        min_enroll_speech_s=vp.min_enroll_speech_s, min_verify_speech_s=vp.min_verify_speech_s,
-        retain_audio=timedelta(days=vp.retain_audio_days) if vp.retain_audio_days else None)
-    service = VoiceprintService(store.engine, embedder, key, options)
-    log.info("voiceprint ready", extra={"model": embedder.model_id, "device": embedder.device})
-    return VoiceTier(service, vp)
+    """Tier 2 for calls, or None (callers who pass tier 1 then go to the experts)."""
+    service = await load_voiceprint(settings, store, readiness)
+    return VoiceTier(service, settings.voiceprint) if service.can_verify else None
 
 
 def verification_services(store: Store) -> VerificationServices:
@@ -241,7 +299,8 @@ async def serve_async(settings: Settings) -> int:
     speech = await load_speech(settings, store, readiness, bus)
     if speech is not None:
         speech.journal = journal
-    voice = await load_voice_tier(settings, store, readiness)
+    voiceprint = await load_voiceprint(settings, store, readiness)
+    voice = VoiceTier(voiceprint, settings.voiceprint) if voiceprint.can_verify else None
     verification = verification_services(store)
     tokens = TokenStore(store.engine)
     metrics = MetricsRecorder(bus)
@@ -280,7 +339,7 @@ async def serve_async(settings: Settings) -> int:
     app = create_app(ApiServices(
         readiness, store, routing, outbox=verification.outbox, tokens=tokens,
         privacy=settings.privacy, accounts=verification.accounts,
-        voiceprint=voice.service if voice else None, bus=bus,
+        voiceprint=voiceprint, bus=bus,
         snapshot=controller.snapshot if controller else None,
         supervise=controller.supervise if controller else None, metrics=metrics))
     config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port,

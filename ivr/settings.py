@@ -171,17 +171,23 @@ class PrivacySettings(BaseModel):
 
 
 class VoiceprintSettings(BaseModel):
-    """Tier 2: the ECAPA model, the master key, thresholds and enrollment limits."""
+    """Tier 2: the speaker model, the master key, thresholds and enrollment limits."""
 
     enabled: bool = True
-    model_dir: Path | None = None  # None: models/ecapa/<first folder>, if any
+    # dvector: the trained GE2E encoder installed by make setup (the default); ecapa: a
+    # SpeechBrain ECAPA-TDNN folder the operator brings (models/ecapa/<folder>).
+    model: Literal["dvector", "ecapa"] = "dvector"
+    model_dir: Path | None = None  # None: the installed d-vector weights, or models/ecapa
     device: Literal["auto", "cuda", "cpu"] = "auto"
-    # base64 of 32 bytes, or a file holding it; never in the repo. Absent: tier 2 is off.
+    # base64 or hex of 32 bytes, or a file holding it; never in the repo. Neither set: a key is
+    # generated once per install (generate_master_key) in the per-install secrets folder.
     master_key: SecretStr | None = None
     master_key_file: Path | None = None
-    # On s-normalised scores; choose with scripts/eval_voiceprint.py for the target FMR.
-    accept_threshold: float = 3.0
-    reject_threshold: float = 1.5
+    generate_master_key: bool = True
+    # None: the model's calibration (voiceprint/calibration/<model>.json), chosen with
+    # scripts/eval_voiceprint.py for a stated false-match rate.
+    accept_threshold: float | None = None
+    reject_threshold: float | None = None
     min_enroll_speech_s: float = Field(20.0, gt=0)
     min_verify_speech_s: float = Field(1.0, gt=0)
     challenge_digits: int = Field(6, ge=4, le=10)
@@ -198,7 +204,11 @@ class VoiceprintSettings(BaseModel):
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> VoiceprintSettings:
-        if self.reject_threshold > self.accept_threshold:
+        if (self.accept_threshold is None) != (self.reject_threshold is None):
+            raise ValueError("set both voiceprint.accept_threshold and reject_threshold, or "
+                             "neither (the model's calibration)")
+        if (self.reject_threshold is not None and self.accept_threshold is not None
+                and self.reject_threshold > self.accept_threshold):
             raise ValueError("voiceprint.reject_threshold must not exceed accept_threshold")
         return self
 

@@ -12,7 +12,7 @@ from api_app import WiredApi, wired_api
 from fastapi.testclient import TestClient
 
 from ivr.health import Readiness
-from ivr.service import load_voice_tier, open_store
+from ivr.service import load_voice_tier, master_key_path, open_store
 from ivr.settings import Settings
 from voiceprint.audit import AuditEntry
 from voiceprint.errors import MasterKeyError
@@ -83,8 +83,10 @@ def test_enrollment_upload_rejects_bad_audio_with_a_reason(api: WiredApi) -> Non
                        headers=_security(api)).status_code == 404
 
 
-def test_voice_tier_start_up_checks(tmp_path: Path) -> None:
+def test_voice_tier_start_up_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from voiceprint.testing.tiny_ecapa import build_tiny_ecapa
+
+    monkeypatch.setenv("IVR_CACHE_DIR", str(tmp_path / "cache"))
 
     def tier(**voiceprint: object) -> tuple[object, Readiness]:
         settings = Settings(data_dir=tmp_path, voiceprint=voiceprint)
@@ -92,13 +94,29 @@ def test_voice_tier_start_up_checks(tmp_path: Path) -> None:
         loaded = asyncio.run(load_voice_tier(settings, open_store(settings), readiness))
         return loaded, readiness
 
-    loaded, readiness = tier(model_dir=build_tiny_ecapa())
-    assert loaded is None and "no master key" in readiness.degraded()["voiceprint"]
-    loaded, readiness = tier(model_dir=tmp_path / "missing", master_key="ab" * 32)
+    loaded, readiness = tier(model="ecapa", model_dir=build_tiny_ecapa(),
+                             generate_master_key=False)
+    assert loaded is None and "master key is not configured" in readiness.degraded()[
+        "voiceprint"]
+    loaded, readiness = tier(model="ecapa", model_dir=tmp_path / "missing",
+                             master_key="ab" * 32)
     assert loaded is None and "unusable" in readiness.degraded()["voiceprint"]
+    loaded, readiness = tier(model="dvector", model_dir=tmp_path / "missing",
+                             master_key="ab" * 32)
+    assert loaded is None and "pretrained.pt is missing" in readiness.degraded()["voiceprint"]
     with pytest.raises(MasterKeyError):
-        tier(model_dir=build_tiny_ecapa(), master_key="too-short")
+        tier(model="ecapa", model_dir=build_tiny_ecapa(), master_key="too-short")
     key_file = tmp_path / "key"
     key_file.write_text("cd" * 32)
-    loaded, readiness = tier(model_dir=build_tiny_ecapa(), master_key_file=key_file)
+    loaded, readiness = tier(model="ecapa", model_dir=build_tiny_ecapa(),
+                             master_key_file=key_file)
     assert loaded is not None and readiness.degraded() == {}
+    # Nothing configured: a key is made once per install (0600, in a 0700 folder) and reused.
+    loaded, readiness = tier(model="ecapa", model_dir=build_tiny_ecapa())
+    made = master_key_path()
+    assert loaded is not None and readiness.degraded() == {}
+    assert made.is_relative_to(tmp_path / "cache") and made.stat().st_mode & 0o777 == 0o600
+    assert made.parent.stat().st_mode & 0o777 == 0o700
+    first = made.read_text()
+    assert tier(model="ecapa", model_dir=build_tiny_ecapa())[0] is not None
+    assert made.read_text() == first and len(bytes.fromhex(first.strip())) == 32

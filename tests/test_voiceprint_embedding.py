@@ -99,7 +99,7 @@ def test_build_is_seeded_and_idempotent(tiny_ecapa: Path, tmp_path: Path) -> Non
 def test_loads_on_cpu_with_identity(embedder: Embedder, tiny_ecapa: Path) -> None:
     assert embedder.device == "cpu"
     assert embedder.dim == EMBEDDING_DIM
-    assert embedder.model_id == tiny_ecapa.name
+    assert embedder.model_id == "ecapa"
     digest = hashlib.sha256((tiny_ecapa / CHECKPOINT_NAME).read_bytes()[: 1 << 20]).hexdigest()
     assert embedder.model_version == f"sha256:{digest}"
 

@@ -146,13 +146,18 @@ def test_delete_removes_template_and_samples(service: tuple, audio: dict) -> Non
     assert _verify(svc, audio["attempt"]).decision == "no_enrollment"
 
 
-def test_wrong_master_key_fails_loudly(service: tuple, audio: dict) -> None:  # type: ignore[type-arg]
+def test_another_master_key_asks_for_reenrollment(service: tuple, audio: dict) -> None:  # type: ignore[type-arg]
     svc, _clock, _db = service
     svc.enroll("acct-1", audio["enroll"], consent=True)
     other = VoiceprintService(svc.engine, svc.embedder,
                               MasterKey.from_config(os.urandom(32).hex()))
+    decision = _verify(other, audio["attempt"])
+    assert decision.decision == "reenroll" and "another master key" in decision.reason
+    assert "another master key" in (other.status("acct-1").reenroll_reason or "")
+    assert svc.status("acct-1").reenroll_reason is None  # the key it was sealed with
+    # Opening it under the wrong key anyway fails loudly (AES-GCM), never scores garbage.
     with pytest.raises(TemplateError, match="wrong master key"):
-        _verify(other, audio["attempt"])
+        other._open(other._template_row("acct-1"))  # type: ignore[arg-type]
 
 
 def test_retained_audio_is_sealed_expires_and_goes_with_delete(service: tuple,  # type: ignore[type-arg]

@@ -1,9 +1,13 @@
-"""Speaker embeddings from an ECAPA-TDNN in the layout of ``speechbrain/spkrec-ecapa-voxceleb``.
+"""Speaker embeddings: the encoder interface tier 2 uses, and the SpeechBrain ECAPA model.
 
-``load_embedder`` checks the folder, loads it with SpeechBrain's ``EncoderClassifier`` and runs one
-warm-up utterance, so a broken model fails at start-up rather than on the first caller.
-``Embedder.embed`` is blocking; ``Embedder.embed_async`` runs it on the embedder's own single
-worker thread, never on the event loop, so calls queue instead of competing for the CPU/GPU.
+Two encoders sit behind :class:`Embedder`: ``ecapa`` (an ECAPA-TDNN in the layout of
+``speechbrain/spkrec-ecapa-voxceleb``, for operators who bring its weights, loaded here by
+``load_embedder``) and ``dvector`` (the trained GE2E d-vector encoder, ``voiceprint.dvector``,
+the default). Every loader checks its folder and runs one warm-up utterance, so a broken model
+fails at start-up rather than on the first caller. ``embed`` is blocking; ``embed_async`` runs
+it on the embedder's own single worker thread, never on the event loop, so calls queue instead
+of competing for the CPU/GPU. ``model_id`` and ``model_version`` name the weights in every
+template and decision: a template is only ever scored against an embedding of the same model.
 """
 
 from __future__ import annotations
@@ -54,12 +58,16 @@ class EmbedderOptions:
 
 
 class Embedder:
-    """A loaded speaker-embedding model; ``embed`` returns L2-normalised rows."""
+    """A loaded speaker-embedding model; ``embed`` returns L2-normalised rows.
 
-    def __init__(self, encoder: Any, folder: Path, device: str, sample_rate: int,
+    Subclasses implement ``_embed_waves`` (a list of validated float32 waveforms at
+    ``sample_rate`` to an (n, dim) array) and set ``model_id`` (which encoder: ``ecapa``,
+    ``dvector``...) and ``model_version`` (which weights: a digest of the checkpoint).
+    """
+
+    def __init__(self, model_id: str, device: str, sample_rate: int,
                  model_version: str) -> None:
-        self._encoder = encoder
-        self._folder = folder
+        self._model_id = model_id
         self._device = device
         self._sample_rate = sample_rate
         self._model_version = model_version
@@ -71,12 +79,12 @@ class Embedder:
 
     @property
     def model_id(self) -> str:
-        """The model folder's name, for the decision log."""
-        return self._folder.name
+        """Which encoder (``ecapa``, ``dvector``), for templates and the decision log."""
+        return self._model_id
 
     @property
     def model_version(self) -> str:
-        """``sha256:<hex>`` of the checkpoint's first MiB, for the decision log."""
+        """``sha256:<hex>`` of the weights, for templates and the decision log."""
         return self._model_version
 
     @property
@@ -101,17 +109,14 @@ class Embedder:
         waves = [_as_waveform(pcm, self._sample_rate, index) for index, pcm in enumerate(batch)]
         if not waves:
             return np.zeros((0, self._dim), dtype=np.float32)
-        longest = max(len(wave) for wave in waves)
-        padded = np.zeros((len(waves), longest), dtype=np.float32)
-        for row, wave in enumerate(waves):
-            padded[row, : len(wave)] = wave
-        rel_lens = np.array([len(wave) / longest for wave in waves], dtype=np.float32)
         with self._lock, torch.inference_mode():
-            out = self._encoder.encode_batch(torch.from_numpy(padded), torch.from_numpy(rel_lens))
-            rows = out.reshape(len(waves), -1).to("cpu", torch.float32).numpy()
+            rows = self._embed_waves(waves)
         norms = np.linalg.norm(rows, axis=1, keepdims=True)
         result: FloatArray = (rows / np.maximum(norms, 1e-12)).astype(np.float32)
         return result
+
+    def _embed_waves(self, waves: list[FloatArray]) -> npt.NDArray[np.float32]:
+        raise NotImplementedError
 
     async def embed_async(self, batch: Sequence[npt.NDArray[np.floating[Any]]]) -> FloatArray:
         """``embed`` on the embedder's worker thread; the event loop keeps running."""
@@ -131,6 +136,25 @@ class Embedder:
         await asyncio.to_thread(self._executor.shutdown, True)
 
 
+class EcapaEmbedder(Embedder):
+    """SpeechBrain's ECAPA-TDNN ``EncoderClassifier`` (``model_id`` ``ecapa``)."""
+
+    def __init__(self, encoder: Any, device: str, sample_rate: int, model_version: str) -> None:
+        self._encoder = encoder
+        super().__init__("ecapa", device, sample_rate, model_version)
+
+    def _embed_waves(self, waves: list[FloatArray]) -> npt.NDArray[np.float32]:
+        longest = max(len(wave) for wave in waves)
+        padded = np.zeros((len(waves), longest), dtype=np.float32)
+        for row, wave in enumerate(waves):
+            padded[row, : len(wave)] = wave
+        rel_lens = np.array([len(wave) / longest for wave in waves], dtype=np.float32)
+        out = self._encoder.encode_batch(torch.from_numpy(padded), torch.from_numpy(rel_lens))
+        rows: npt.NDArray[np.float32] = out.reshape(len(waves), -1).to(
+            "cpu", torch.float32).numpy()
+        return rows
+
+
 def _as_waveform(pcm: npt.NDArray[np.floating[Any]], rate: int, index: int) -> FloatArray:
     """Validate one input of ``embed`` and return it as contiguous float32."""
     array = np.asarray(pcm)
@@ -146,7 +170,7 @@ def _as_waveform(pcm: npt.NDArray[np.floating[Any]], rate: int, index: int) -> F
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def _resolve_device(device: Device, folder: Path) -> str:
+def resolve_device(device: Device, folder: Path) -> str:
     """Turn ``auto`` into ``cuda`` or ``cpu``; refuse ``cuda`` without a CUDA device."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -157,7 +181,7 @@ def _resolve_device(device: Device, folder: Path) -> str:
     return device
 
 
-def _checkpoint_version(checkpoint: Path) -> str:
+def checkpoint_version(checkpoint: Path) -> str:
     """``sha256:<hex>`` of the first MiB: cheap, and changes whenever the weights do."""
     with open(checkpoint, "rb") as handle:
         return "sha256:" + hashlib.sha256(handle.read(_VERSION_BYTES)).hexdigest()
@@ -187,7 +211,7 @@ def load_embedder(options: EmbedderOptions) -> Embedder:
     for required in (hparams, checkpoint):
         if not required.is_file():
             raise EmbeddingModelError(folder, f"{required.name} is missing")
-    device = _resolve_device(options.device, folder)
+    device = resolve_device(options.device, folder)
     state = _read_state_dict(folder, checkpoint)
     savedir = options.savedir or default_savedir(folder)
     # The yaml may name another place (the hub id, or where it was built); use this folder.
@@ -209,7 +233,7 @@ def load_embedder(options: EmbedderOptions) -> Embedder:
                                   f"{len(expected)} tensors (first: {missing[0]})")
     encoder.eval()
     try:
-        return Embedder(encoder, folder, device, options.sample_rate,
-                        _checkpoint_version(checkpoint))
+        return EcapaEmbedder(encoder, device, options.sample_rate,
+                             checkpoint_version(checkpoint))
     except (RuntimeError, ValueError) as exc:
         raise EmbeddingModelError(folder, f"warm-up embedding failed: {exc}") from exc

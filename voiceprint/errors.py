@@ -82,3 +82,12 @@ class MasterKeyError(VoiceprintError, ValueError):
 
 class ConsentMissing(VoiceprintError):
     """Enrollment was asked for without the caller's recorded consent."""
+
+
+class VoiceprintUnavailable(VoiceprintError):
+    """An operation needs the speaker model or the master key and this process has not got it;
+    ``missing`` names what (the decision log and account state never need either)."""
+
+    def __init__(self, missing: str) -> None:
+        super().__init__(f"voiceprint {missing}")
+        self.missing = missing

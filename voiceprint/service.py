@@ -1,10 +1,17 @@
 """Tier 2 as one service: enrollment, verification, revocation — every decision audited.
 
-A verification runs, in order: lockout check, enrollment present, sample quality, replay check
-against every earlier sample of the account, spoken-challenge check (liveness), then the
-embedding score, s-normalised against a cohort of other accounts' templates, and the decision
-with the configured thresholds. Templates are sealed with AES-GCM under a per-template data key
-wrapped by the master key; raw audio is never kept (only replay fingerprints).
+A verification runs, in order: lockout check, enrollment present and made by the model and
+master key in use (otherwise the account must re-enroll), replay check against every earlier
+sample of the account, sample quality, spoken-challenge check (liveness), then the embedding
+score — raw cosine or s-normalised against a cohort of other accounts' templates of the same
+model, as the model's calibration says — and the decision with the thresholds. Each decision
+records the false-match rate its score had on the evaluation set (``voiceprint.calibration``).
+Templates are sealed with AES-GCM under a per-template data key wrapped by the master key; raw
+audio is never kept (only replay fingerprints).
+
+Without a model or a master key the service still serves the decision log, account state,
+revocation, deletion and lockout changes; enrollment and verification raise
+``VoiceprintUnavailable`` naming what is missing.
 """
 
 from __future__ import annotations
@@ -14,25 +21,34 @@ import uuid
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, Table, delete, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from voiceprint import lockout
+from voiceprint import calibration, lockout
 from voiceprint.audio_checks import check_sample, require_usable
 from voiceprint.audit import AuditEntry, DecisionRecord, mask_caller
 from voiceprint.audit_store import AuditStore
+from voiceprint.calibration import Calibration
 from voiceprint.embedding import Embedder
-from voiceprint.errors import AccountLockedOut, AudioRejected, ConsentMissing
+from voiceprint.errors import (
+    AccountLockedOut,
+    AudioRejected,
+    ConsentMissing,
+    VoiceprintUnavailable,
+)
 from voiceprint.replay import DEFAULT_REPLAY_THRESHOLD, Fingerprint, fingerprint, is_replay
 from voiceprint.scoring import CohortNormaliser, Thresholds, cosine
 from voiceprint.store import FingerprintRow, LockoutRow, RecordingRow, TemplateRow
 from voiceprint.templates import MasterKey, SealedTemplate, open_template, seal, seal_audio
 
 Audio = npt.NDArray[np.float32]
+_LOCKOUTS = cast(Table, LockoutRow.__table__)
 
 
 def edit_distance(expected: Sequence[Hashable], heard: Sequence[Hashable]) -> int:
@@ -49,9 +65,9 @@ def edit_distance(expected: Sequence[Hashable], heard: Sequence[Hashable]) -> in
 class VoiceprintOptions:
     """Thresholds and limits; every decision records the values it used."""
 
-    # On s-normalised scores (z-like units); pick them with scripts/eval_voiceprint.py for the
-    # target false-match rate of the deployment's model and channel.
-    thresholds: Thresholds = field(default_factory=lambda: Thresholds(accept=3.0, reject=1.5))
+    # None: the model's calibration (voiceprint/calibration/<model>.json, chosen with
+    # scripts/eval_voiceprint.py for a stated false-match rate); on the calibration's score kind.
+    thresholds: Thresholds | None = None
     min_enroll_speech_s: float = 20.0
     min_verify_speech_s: float = 1.0
     replay_threshold: float = DEFAULT_REPLAY_THRESHOLD
@@ -74,6 +90,9 @@ class VoiceStatus:
     enrolled: bool
     enrolled_at: datetime | None
     model_id: str | None
+    model_version: str | None
+    # Why the template cannot be used any more (another model or master key), else None.
+    reenroll_reason: str | None
     lockout: str  # normal | backoff | disabled
     consecutive_failures: int
     next_allowed_at: datetime | None
@@ -84,7 +103,7 @@ class VoiceStatus:
 class VoiceprintDecision:
     """What tier 2 decided, and the record that logs it."""
 
-    decision: str  # accept | reject | uncertain | no_enrollment | locked
+    decision: str  # accept | reject | uncertain | no_enrollment | reenroll | locked
     reason: str
     raw_score: float | None
     norm_score: float | None
@@ -99,15 +118,66 @@ def _pcm16(audio: Audio) -> bytes:
 class VoiceprintService:
     """Enrollment and verification for accounts, on one database and one embedder."""
 
-    def __init__(self, engine: Engine, embedder: Embedder, master_key: MasterKey,
+    def __init__(self, engine: Engine, embedder: Embedder | None, master_key: MasterKey | None,
                  options: VoiceprintOptions | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 unavailable: str = "") -> None:
         self.engine = engine
-        self.embedder = embedder
-        self.key = master_key
+        self._embedder = embedder
+        self._key = master_key
         self.options = options or VoiceprintOptions()
         self.clock = clock
         self.audit = AuditStore(engine, clock)
+        self._unavailable = unavailable
+        self.calibration: Calibration | None = (
+            calibration.load(embedder.model_id) if embedder is not None else None)
+        if self.calibration is not None and self.options.thresholds is None:
+            self.thresholds: Thresholds | None = Thresholds(accept=self.calibration.accept,
+                                                            reject=self.calibration.reject)
+        else:
+            self.thresholds = self.options.thresholds
+
+    @property
+    def embedder(self) -> Embedder:
+        """The speaker model, or VoiceprintUnavailable naming what is missing."""
+        if self._embedder is None:
+            raise VoiceprintUnavailable(self._unavailable or "model is not loaded")
+        return self._embedder
+
+    @property
+    def key(self) -> MasterKey:
+        """The master key, or VoiceprintUnavailable naming what is missing."""
+        if self._key is None:
+            raise VoiceprintUnavailable(self._unavailable or "master key is not configured")
+        return self._key
+
+    def _ready(self) -> Embedder:
+        """The embedder, when both it and the master key are loaded; else
+        VoiceprintUnavailable."""
+        self.key  # noqa: B018 - raises when the key is missing
+        return self.embedder
+
+    @property
+    def can_verify(self) -> bool:
+        """Whether enrollment and verification can run (model and master key loaded)."""
+        return self._embedder is not None and self._key is not None
+
+    def reenroll_reason(self, row: TemplateRow) -> str | None:
+        """Why ``row`` cannot be scored with the model and key in use, or None when it can."""
+        if self._embedder is None or self._key is None:
+            return None
+        model, version = self._embedder.model_id, self._embedder.model_version
+        if row.model_id != model:
+            return (f"template made by speaker model '{row.model_id}', the service now uses "
+                    f"'{model}': re-enrollment needed")
+        if row.model_version != version:
+            old = (row.model_version or "unrecorded")[:19]
+            return (f"template made by other '{model}' weights ({old}), the service now uses "
+                    f"{version[:19]}: re-enrollment needed")
+        if row.key_id != self._key.key_id:
+            return ("template sealed under another master key "
+                    f"({row.key_id}): re-enrollment needed")
+        return None
 
     # -- enrollment --------------------------------------------------------------------------
 
@@ -139,7 +209,7 @@ class VoiceprintService:
                 id=template_id, account_id=account_id, ciphertext=sealed.ciphertext,
                 nonce=sealed.nonce, wrapped_key=sealed.wrapped_key, key_nonce=sealed.key_nonce,
                 key_id=sealed.key_id, version=sealed.version, model_id=self.embedder.model_id,
-                created_at=now))
+                model_version=self.embedder.model_version, created_at=now))
             for sample in samples:
                 session.add(FingerprintRow(account_id=account_id, source="enrollment",
                                            data=fingerprint(_pcm16(sample)).data,
@@ -195,7 +265,8 @@ class VoiceprintService:
         state = self._lockout_state(account_id)
         return VoiceStatus(account_id, row is not None,
                            _aware(row.created_at) if row else None,
-                           row.model_id if row else None, state.level,
+                           row.model_id if row else None, row.model_version if row else None,
+                           self.reenroll_reason(row) if row else None, state.level,
                            state.consecutive_failures, state.next_allowed_at, kept)
 
     def purge_expired(self) -> int:
@@ -224,10 +295,12 @@ class VoiceprintService:
                caller_number: str | None, challenge_expected: str | None,
                challenge_heard: str | None, tier_results: dict[str, Any]) -> VoiceprintDecision:
         """Decide whether ``sample`` is the account holder's voice; always audited."""
+        embedder = self._ready()
+        assert self.calibration is not None and self.thresholds is not None
         now = self.clock()
         audio_hash = hashlib.sha256(_pcm16(sample)).hexdigest()
-        thresholds = {"accept": self.options.thresholds.accept,
-                      "reject": self.options.thresholds.reject,
+        thresholds = {"accept": self.thresholds.accept, "reject": self.thresholds.reject,
+                      "score_kind": self.calibration.score,
                       "replay": self.options.replay_threshold,
                       "challenge_max_errors": self.options.challenge_max_errors}
         base: dict[str, Any] = {
@@ -235,49 +308,65 @@ class VoiceprintService:
             # The log never holds the full number: only what mask_caller() keeps.
             "masked_caller": mask_caller(caller_number) if caller_number else None,
             "tier_results": tier_results, "challenge_expected": challenge_expected,
-            "challenge_heard": challenge_heard, "model_id": self.embedder.model_id,
-            "model_version": self.embedder.model_version, "threshold": thresholds,
+            "challenge_heard": challenge_heard, "model_id": embedder.model_id,
+            "model_version": embedder.model_version, "threshold": thresholds,
             "audio_sha256": audio_hash}
         state = self._lockout_state(account_id)
         try:
             lockout.check(state, now)
         except AccountLockedOut as exc:
             return self._log(base, "locked", f"lockout: {exc.reason}", None, None, False)
-        template = self._template(account_id)
-        if template is None:
+        row = self._template_row(account_id)
+        if row is None:
             return self._log(base, "no_enrollment", "no template for the account", None, None,
                              False)
+        stale = self.reenroll_reason(row)
+        if stale is not None:  # never score against another model's (or key's) template
+            return self._log(base, "reenroll", stale, None, None, False)
+        template = self._open(row)
         pcm = _pcm16(sample)
         print_now = fingerprint(pcm)
         replay, best = is_replay(print_now, self._fingerprints(account_id),
                                  self.options.replay_threshold)
         self._add_fingerprint(account_id, print_now, now, pcm)
+        liveness: dict[str, Any] = {"replay_similarity": round(best, 3)}
+        base["tier_results"] = {**tier_results, "liveness": liveness}
         if replay:
             return self._finish(base, state, "reject", f"replay of earlier audio ({best:.2f})",
                                 None, None, True, now)
         try:
-            require_usable(check_sample(sample, self.embedder.sample_rate),
+            require_usable(check_sample(sample, embedder.sample_rate),
                            self.options.min_verify_speech_s)
         except AudioRejected as exc:
             return self._finish(base, state, "uncertain", f"sample unusable: {exc.reason}",
                                 None, None, False, now)
-        if challenge_expected is not None and edit_distance(
-                challenge_expected, challenge_heard or "") > self.options.challenge_max_errors:
-            return self._finish(base, state, "reject", "challenge digits not heard", None,
-                                None, False, now)
-        test = self.embedder.embed([sample])[0]
+        if challenge_expected is not None:
+            edits = edit_distance(challenge_expected, challenge_heard or "")
+            liveness.update(challenge_edits=edits,
+                            challenge="heard" if edits <= self.options.challenge_max_errors
+                            else "not_heard")
+            if edits > self.options.challenge_max_errors:
+                return self._finish(base, state, "reject", "challenge digits not heard", None,
+                                    None, False, now)
+        else:
+            liveness["challenge"] = "not_asked"
+        test = embedder.embed([sample])[0]
         raw = cosine(template, test)
         cohort = self._cohort(exclude=account_id)
-        norm = (CohortNormaliser(cohort).score(template, test) if len(cohort) >= 2 else raw)
-        decision = self.options.thresholds.decide(norm)
+        norm = CohortNormaliser(cohort).score(template, test) if len(cohort) >= 2 else None
+        score = raw if self.calibration.score == "raw" else norm
+        if score is None:
+            return self._finish(base, state, "uncertain", "s-norm needs templates of at least "
+                                "2 other accounts of this model", raw, None, False, now)
+        base["tier_results"] = {**base["tier_results"],
+                                "evidence": self.calibration.evidence(score)}
+        decision = self.thresholds.decide(score)
         return self._finish(base, state, decision, "scored", raw, norm, False, now)
 
     def _finish(self, base: dict[str, Any], state: lockout.LockoutState, decision: str,
                 reason: str, raw: float | None, norm: float | None, replay: bool,
                 now: datetime) -> VoiceprintDecision:
-        new_state, events = lockout.record_result(state, decision == "accept", now,
-                                                  self.options.lockout)
-        self._save_lockout(new_state)
+        events = self._count_result(state.account_id, decision == "accept", now)
         result = self._log(base, decision, reason, raw, norm, replay)
         for event in events:
             self.audit.append(AuditEntry(
@@ -297,23 +386,25 @@ class VoiceprintService:
 
     # -- storage helpers ---------------------------------------------------------------------
 
-    def _template(self, account_id: str) -> npt.NDArray[np.float32] | None:
+    def _template_row(self, account_id: str) -> TemplateRow | None:
         with Session(self.engine) as session:
-            row = session.scalars(select(TemplateRow).where(
+            return session.scalars(select(TemplateRow).where(
                 TemplateRow.account_id == account_id)).first()
-        if row is None:
-            return None
+
+    def _open(self, row: TemplateRow) -> npt.NDArray[np.float32]:
         return open_template(SealedTemplate(row.ciphertext, row.nonce, row.wrapped_key,
                                             row.key_nonce, row.key_id, row.version),
-                             row.id, account_id, self.key)
+                             row.id, row.account_id, self.key)
 
     def _cohort(self, exclude: str) -> list[npt.NDArray[np.float32]]:
+        """Other accounts' templates of the model, weights and key in use (per-model cohort)."""
         with Session(self.engine) as session:
-            rows = session.scalars(select(TemplateRow).where(TemplateRow.account_id != exclude)
-                                   .limit(self.options.cohort_size)).all()
-        return [open_template(SealedTemplate(r.ciphertext, r.nonce, r.wrapped_key, r.key_nonce,
-                                             r.key_id, r.version), r.id, r.account_id, self.key)
-                for r in rows]
+            rows = session.scalars(select(TemplateRow).where(
+                TemplateRow.account_id != exclude,
+                TemplateRow.model_id == self.embedder.model_id,
+                TemplateRow.model_version == self.embedder.model_version,
+                TemplateRow.key_id == self.key.key_id).limit(self.options.cohort_size)).all()
+        return [self._open(r) for r in rows]
 
     def _fingerprints(self, account_id: str) -> list[Fingerprint]:
         with Session(self.engine) as session:
@@ -336,6 +427,39 @@ class VoiceprintService:
         return lockout.LockoutState(account_id, row.consecutive_failures, row.disabled,
                                     _aware(row.next_allowed_at), _aware(row.disabled_at))
 
+    def _count_result(self, account_id: str, success: bool, now: datetime
+                      ) -> list[lockout.LockoutEvent]:
+        """Count one attempt's result in the store, atomically: the failure count is
+        incremented by the database (``UPDATE ... SET n = n + 1``), so parallel calls verifying
+        one account cannot each read the same count and lose failures. The statement locks the
+        row (PostgreSQL) or the database (SQLite) until the new level is written."""
+        table = _LOCKOUTS
+        with Session(self.engine) as session, session.begin():
+            session.execute(_insert_missing(self.engine, account_id))
+            if success:  # a disabled account stays disabled: only a person re-enables it
+                ended = session.execute(
+                    update(table).where(table.c.account_id == account_id,
+                                        table.c.disabled.is_(False),
+                                        table.c.next_allowed_at.is_not(None))
+                    .values(consecutive_failures=0, next_allowed_at=None)
+                    .returning(table.c.account_id)).first()
+                session.execute(update(table).where(table.c.account_id == account_id,
+                                                    table.c.disabled.is_(False))
+                                .values(consecutive_failures=0))
+                return [lockout.LockoutEvent("reset", account_id, now, 0)] if ended else []
+            row = session.execute(
+                update(table).where(table.c.account_id == account_id)
+                .values(consecutive_failures=table.c.consecutive_failures + 1)
+                .returning(table.c.consecutive_failures, table.c.disabled,
+                           table.c.next_allowed_at, table.c.disabled_at)).one()
+            before = lockout.LockoutState(account_id, row.consecutive_failures - 1, row.disabled,
+                                          _aware(row.next_allowed_at), _aware(row.disabled_at))
+            after, events = lockout.record_result(before, False, now, self.options.lockout)
+            session.execute(update(table).where(table.c.account_id == account_id).values(
+                disabled=after.disabled, next_allowed_at=after.next_allowed_at,
+                disabled_at=after.disabled_at))
+            return events
+
     def _save_lockout(self, state: lockout.LockoutState) -> None:
         with Session(self.engine) as session, session.begin():
             row = session.get(LockoutRow, state.account_id)
@@ -346,6 +470,15 @@ class VoiceprintService:
             row.disabled = state.disabled
             row.next_allowed_at = state.next_allowed_at
             row.disabled_at = state.disabled_at
+
+
+def _insert_missing(engine: Engine, account_id: str) -> Any:
+    """INSERT the account's lockout row unless it exists (either dialect)."""
+    table = _LOCKOUTS
+    values = {"account_id": account_id, "consecutive_failures": 0, "disabled": False}
+    if engine.dialect.name == "postgresql":
+        return postgresql_insert(table).values(**values).on_conflict_do_nothing()
+    return sqlite_insert(table).values(**values).on_conflict_do_nothing()
 
 
 def _aware(value: datetime | None) -> datetime | None:

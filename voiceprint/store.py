@@ -28,6 +28,8 @@ class TemplateRow(AuditBase):
     key_id: Mapped[str] = mapped_column(String(32))
     version: Mapped[int] = mapped_column(Integer)
     model_id: Mapped[str] = mapped_column(String(128))
+    # sha256 of the weights; None for templates made before it was recorded (re-enroll).
+    model_version: Mapped[str | None] = mapped_column(String(80))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

@@ -53,8 +53,9 @@ class ApiServices:
         return self.routing
 
     def need_voiceprint(self) -> VoiceprintService:
-        """Tier 2, or 503 naming why it is off."""
+        """Tier 2's records (with or without a model), or 503 when this process has no store."""
         if self.voiceprint is None:
             reason = self.readiness.degraded().get("voiceprint", "not configured")
-            raise HTTPException(503, f"voiceprint verification is off: {reason}")
+            raise HTTPException(503, f"voiceprint records are not available in this process: "
+                                f"{reason}")
         return self.voiceprint

@@ -2,6 +2,9 @@
 
 Only the ``security`` role gets here; supervisors and everyone else get 403. Records are
 returned as stored: caller numbers are masked in the log itself, scores and thresholds in clear.
+The log, its chain check, CSV export, account state, revocation, deletion and re-enabling work
+whether or not the speaker model and master key are loaded; enrollment alone needs them and
+answers 503 naming what is missing.
 """
 
 from __future__ import annotations
@@ -21,7 +24,12 @@ from ivr.api.errors import field_error
 from ivr.api.services import ApiServices
 from voiceprint.audit import DecisionRecord
 from voiceprint.audit_store import records_to_csv
-from voiceprint.errors import AudioRejected, ConsentMissing, VoiceprintError
+from voiceprint.errors import (
+    AudioRejected,
+    ConsentMissing,
+    VoiceprintError,
+    VoiceprintUnavailable,
+)
 from voiceprint.wav import decode_wav
 
 MAX_SAMPLE_BYTES = 8 * 1024 * 1024
@@ -95,6 +103,11 @@ class VoiceStatusOut(BaseModel):
     enrolled: bool
     enrolled_at: datetime | None
     model_id: str | None
+    model_version: str | None
+    reenroll_reason: str | None = Field(
+        description="why the template cannot be used with the model and key in use (the "
+                    "caller must enroll again; tier 3 meanwhile); null when it can, or when "
+                    "no model is loaded to tell")
     lockout: str
     consecutive_failures: int
     next_allowed_at: datetime | None
@@ -171,6 +184,9 @@ def voiceprint_router(services: ApiServices) -> APIRouter:
         try:
             record = await asyncio.to_thread(service.enroll, account_id, samples,
                                              consent=body.consent, by=principal.label)
+        except VoiceprintUnavailable as exc:
+            raise HTTPException(503, f"enrollment needs the speaker model and master key: "
+                                f"{exc}") from None
         except ConsentMissing as exc:
             raise field_error(("body", "consent"), str(exc)) from None
         except AudioRejected as exc:

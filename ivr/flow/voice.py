@@ -100,6 +100,15 @@ class VerifyVoice:
                            state=self.name)
             return EnrollVoice(self.then, self.account_id,
                                {**self.result, "tier2": "no_enrollment", "decision": "none"})
+        if status.reenroll_reason is not None:
+            # Never scored against another model's template: this call goes to tier 3 and
+            # the caller is offered a new enrollment.
+            await s.record("voice_reenroll_needed", {"account_id": self.account_id,
+                                                     "reason": status.reenroll_reason},
+                           state=self.name)
+            return EnrollVoice(self.then, self.account_id,
+                               {**self.result, "tier2": "reenroll",
+                                "tier2_reason": status.reenroll_reason, "decision": "none"})
         await s.record("state", {"state": self.name}, state=self.name)
         verdict: dict[str, Any] = {"tier2": "no_answer", "decision": "uncertain"}
         for attempt in range(1, settings.challenge_attempts + 1):
