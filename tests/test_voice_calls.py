@@ -2,10 +2,11 @@
 routed by the result; enrollment over the phone; replay of an earlier attempt; the security
 team's endpoints on the same running service.
 
-The speech path runs the tiny random Whisper, which cannot hear digits: every challenge here is
-"not heard", so the decision is ``reject`` and the call goes to the experts — the real decision
-path, logged like any other. A scored decision needs trained weights (the last test, skipped
-without them).
+Most of the module runs the tiny random Whisper and ECAPA, which cannot hear digits: every
+challenge there is "not heard", so the decision is ``reject`` and the call goes to the experts —
+the real decision path, logged like any other. The last tests run the shipped models (trained
+Whisper base and the GE2E d-vector encoder): a flite voice enrolled by phone is accepted and
+routed to the ordinary security desk, another voice is rejected, a replay is caught.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def hotline(asterisk: RunningAsterisk, models: tuple[Path, Path],
     start = random.randrange(45000, 45900, 100)
     env = {"IVR_ASR__MODEL_DIR": str(whisper), "IVR_ASR__LANGUAGE": "en",
            "IVR_ASR__RTP_PORT_START": str(start), "IVR_ASR__RTP_PORT_END": str(start + 99),
-           "IVR_VOICEPRINT__MODEL_DIR": str(ecapa), "IVR_VOICEPRINT__MASTER_KEY": MASTER_KEY,
+           "IVR_VOICEPRINT__MODEL": "ecapa", "IVR_VOICEPRINT__MODEL_DIR": str(ecapa),
+           "IVR_VOICEPRINT__MASTER_KEY": MASTER_KEY,
            "IVR_VOICEPRINT__MIN_ENROLL_SPEECH_S": "3", "IVR_VOICEPRINT__CHALLENGE_ATTEMPTS": "1",
            "IVR_VOICEPRINT__ANSWER_TIMEOUT_S": "8"}
     with running_hotline(asterisk, tmp, **env) as running:
@@ -176,7 +178,7 @@ def test_spoken_challenge_decides_and_is_logged(hotline: Hotline, sip_stack: Sip
     # The tiny random model cannot hear digits: the challenge fails and the voice is not scored.
     assert attempt["challenge_heard"] != first["challenge"]
     assert attempt["decision"] == "reject" and attempt["replay"] is False
-    assert attempt["model_id"] and attempt["threshold"]["accept"] == 3.0
+    assert attempt["model_id"] == "ecapa" and attempt["threshold"]["accept"] == 3.0
     verification = record["verification"]
     assert verification["tier1"] == "passed" and verification["tier2"] == "reject"
     assert verification["decision"] == "reject"
@@ -291,3 +293,93 @@ def _answer_challenges(hotline: Hotline, sip_stack: SipStack, asterisk: RunningA
     call.wait_ended()
     decisions = _attempts(hotline, call_id=state["call_id"], kind="decision")
     return state, decisions
+
+
+def _flite(folder: Path, name: str, text: str, voice: str) -> Path:
+    """flite speech (a real person's voice) as a 16 kHz mono WAV."""
+    raw, out = folder / f"{name}.raw.wav", folder / f"{name}.wav"
+    subprocess.run(["flite", "-voice", voice, "-t", text, "-o", str(raw)], check=True)
+    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out)],
+                   check=True)
+    return out
+
+
+def _read_challenge(hotline: Hotline, sip_stack: SipStack, asterisk: RunningAsterisk,
+                    folder: Path, name: str, voice: str | None,
+                    replay_of: Path | None = None) -> dict[str, Any]:
+    """One call: tier 1 by keypad (English), then the challenge read back by ``voice``."""
+    call, sip_call_id = _pass_tier_one(hotline, sip_stack, asterisk, "13800210004",
+                                       "acct-slt", "93")
+    asked = hotline.wait_call(sip_call_id, lambda c: bool(_events(c, "voice_listening")), 60,
+                              "the challenge to be asked")
+    challenge = _events(asked, "voice_challenge")[0]["challenge"]
+    words = "zero one two three four five six seven eight nine".split()
+    wav = replay_of or _flite(folder, name, ", ".join(words[int(d)] for d in challenge),
+                              voice or "slt")
+    call.play(wav)
+    record = hotline.wait_call(sip_call_id, lambda c: c["route_decision"] is not None, 90)
+    call.hangup()
+    call.wait_ended()
+    attempts = _attempts(hotline, call_id=record["call_id"], kind="decision")
+    assert len(attempts) == 1, attempts
+    return {"record": record, "attempt": attempts[0], "wav": wav}
+
+
+def test_trained_voiceprint_accepts_the_enrolled_voice_and_rejects_others(
+        asterisk: RunningAsterisk, sip_stack: SipStack, tmp_path: Path, artifacts: Path,
+        hotline: Hotline, trained_whisper: Path) -> None:
+    """The shipped models end to end, as on a fresh clone: flite's slt enrolls by phone
+    (consent, three phrases), then reads her challenge -> accept -> the ordinary security
+    desk; kal reads his -> reject -> the experts; slt's first answer played again -> replay."""
+    hotline.stop()  # this module's controller must not compete for the calls
+    env = {"IVR_ASR__MODEL_DIR": str(trained_whisper), "IVR_ASR__LANGUAGE": "zh",
+           **{k: v for k, v in hotline.env.items() if k.startswith("IVR_ASR__RTP")},
+           "IVR_VOICEPRINT__MASTER_KEY": MASTER_KEY, "IVR_VOICEPRINT__MIN_ENROLL_SPEECH_S": "8",
+           "IVR_VOICEPRINT__CHALLENGE_ATTEMPTS": "2", "IVR_VOICEPRINT__ANSWER_TIMEOUT_S": "8"}
+    phrases = [_flite(artifacts, f"slt-enroll-{i}", text, "slt") for i, text in enumerate((
+        "I would like to check the balance of my account and the last three payments.",
+        "Somebody changed the password of my account yesterday and I did not do it.",
+        "Please tell me when the engineer will arrive to repair the telephone line."), 1)]
+    try:
+        with running_hotline(asterisk, tmp_path, **env) as real:
+            subprocess.run([sys.executable, "-m", "ivr.cli", "account", "add", "--id",
+                            "acct-slt", "--phone", "13800210004"], env=real.env, check=True,
+                           capture_output=True)
+            call, sip_call_id = _pass_tier_one(real, sip_stack, asterisk, "13800210004",
+                                               "acct-slt", "93")
+            real.wait_call(sip_call_id, lambda c: c["state"] == "voice_enrollment", 30)
+            time.sleep(2.0)
+            call.send_dtmf("1")  # consent
+            for index, wav in enumerate(phrases, 1):
+                real.wait_call(sip_call_id, lambda c, i=index: any(  # type: ignore[misc]
+                    e.get("phrase") == i for e in _events(c, "enroll_listening")), 60,
+                    f"phrase {index} to be asked")
+                call.play(wav)
+            enrolled = real.wait_call(sip_call_id, lambda c: c["route_decision"] is not None,
+                                      90)
+            call.hangup()
+            call.wait_ended()
+            assert enrolled["verification"]["enrollment"] == "enrolled", enrolled["events"]
+            status = real.get("/voiceprint/accounts/acct-slt", "security").json()
+            assert status["model_id"] == "dvector" and status["reenroll_reason"] is None
+
+            own = _read_challenge(real, sip_stack, asterisk, artifacts, "slt-answer", "slt")
+            assert own["attempt"]["decision"] == "accept", own["attempt"]
+            assert own["attempt"]["tier_results"]["evidence"]["fmr_at_score"] is not None
+            assert own["record"]["verification"]["decision"] == "accept"
+            assert own["record"]["route_decision"]["skill"] == "security"  # the ordinary desk
+
+            other = _read_challenge(real, sip_stack, asterisk, artifacts, "kal-answer", "kal")
+            assert other["attempt"]["decision"] == "reject", other["attempt"]
+            assert other["attempt"]["raw_score"] < own["attempt"]["raw_score"]
+            assert other["record"]["route_decision"]["skill"] == "security_expert"
+
+            replay = _read_challenge(real, sip_stack, asterisk, artifacts, "replay", None,
+                                     replay_of=own["wav"])
+            assert replay["attempt"]["replay"] is True
+            assert replay["record"]["route_decision"]["skill"] == "security_expert"
+            log = _attempts(real, account_id="acct-slt")
+            assert [r["kind"] for r in log][:1] == ["enrollment"]
+            assert real.get("/voiceprint/audit/verify", "security").json()["ok"] is True
+    finally:
+        hotline.start()
