@@ -6,6 +6,7 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -135,3 +136,33 @@ def test_transcript_is_stored_and_served_in_time_order(store: Store) -> None:
         ("caller", "我要查账单"), ("agent", "您好")]
     assert lines[0]["intent"] == "billing"
     assert client.get("/api/v1/calls/nope/transcript").status_code == 404
+
+
+def test_upgrade_indexes_the_replay_prints_already_stored(tmp_path: Path) -> None:
+    """Migration 0006 fills the replay key index for fingerprints stored before it, with the
+    keys voiceprint.replay makes today."""
+    from alembic import command
+    from alembic.config import Config
+
+    from ivr.store.db import MIGRATIONS
+    from voiceprint.replay import fingerprint, index_keys
+
+    engine = make_engine(sqlite_url(tmp_path))
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0005")
+    pcm = (np.sin(np.arange(48_000) / 7.0) * np.linspace(0, 8000, 48_000)).astype(np.int16)
+    print_now = fingerprint(pcm)
+    with sqlite3.connect(tmp_path / "ivr.sqlite3") as db:
+        db.execute("INSERT INTO voiceprint_fingerprints (account_id, source, data, created_at) "
+                   "VALUES ('acct-1', 'attempt', ?, '2026-11-30 10:00:00')",
+                   (print_now.data,))
+    migrate(engine)
+    keys, frames = index_keys(print_now)
+    with sqlite3.connect(tmp_path / "ivr.sqlite3") as db:
+        stored = sorted(db.execute("SELECT key, frame FROM voiceprint_print_keys "
+                                   "WHERE account_id = 'acct-1'").fetchall())
+    assert stored == sorted(zip(keys.tolist(), frames.tolist(), strict=True))
+    assert len(stored) > 100

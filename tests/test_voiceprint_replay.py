@@ -142,3 +142,32 @@ def test_silence_and_tiny_inputs_match_nothing(original: np.ndarray) -> None:
     assert is_replay(enrolled, []) == (False, 0.0)
     with pytest.raises(ValueError, match="int16"):
         fingerprint(original.astype(np.float32))
+
+
+def test_the_key_index_finds_copies_and_passes_over_other_audio(
+        original: np.ndarray, workdir: Path, speak: Speak) -> None:
+    """The lookup that keeps the replay check fast: every copy the full comparison flags is a
+    candidate of the index; different utterances fall below the vote floor."""
+    from voiceprint.replay import INDEX_VOTES, candidates, index_keys, offset_votes
+
+    enrolled = fingerprint(original)
+    keys, frames = index_keys(enrolled)
+    assert keys.size == 2 * int(enrolled.unpack()[1].sum()) == frames.size
+    copy = replayed(original, workdir, gain=0.6, snr_db=20)
+    copies = {"20 dB": copy, "louder": replayed(original, workdir, gain=1.4, snr_db=25),
+              "late": np.concatenate([np.random.default_rng(5).normal(0, 20, 8000)
+                                      .astype(np.int16), copy]),
+              "cut": copy[11_700:]}
+    others = {"other digits": speak("7 2 5 6 1 8"), "slower": speak(DIGITS, "-s", "140"),
+              "higher": speak(DIGITS, "-p", "70")}
+
+    def votes(pcm: np.ndarray) -> int:
+        return offset_votes(fingerprint(pcm), np.full(keys.size, 7), keys, frames).get(7, 0)
+
+    for name, pcm in copies.items():
+        assert is_replay(fingerprint(pcm), [enrolled])[0], name
+        assert votes(pcm) >= 2 * INDEX_VOTES, name
+    for name, pcm in others.items():
+        assert votes(pcm) < INDEX_VOTES, name
+    assert candidates({1: 500, 2: INDEX_VOTES - 1, 3: INDEX_VOTES, 4: 90}) == [1, 4, 3]
+    assert offset_votes(enrolled, [], [], []) == {}

@@ -209,3 +209,37 @@ def test_revoke_keeps_replay_prints_and_reenable_lifts_a_lockout(service: tuple,
     clock.now += timedelta(minutes=1)
     # The enrollment audio of before the revocation still counts for replay checks.
     assert _verify(svc, audio["enroll"][2]).replay is True
+
+
+def test_a_replay_of_an_old_attempt_is_found_under_many_later_ones(
+        service: tuple, audio: dict, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[type-arg]
+    """The key index finds an attempt buried under 60 later prints (past the few always
+    compared), while each check compares only a bounded number of prints in full."""
+    import voiceprint.service as service_module
+    from voiceprint.replay import INDEX_CANDIDATES, fingerprint
+
+    svc, clock, _db = service
+    svc.enroll("acct-1", audio["enroll"], consent=True)
+    first = _verify(svc, audio["attempt"])
+    assert not first.replay
+    rng = np.random.default_rng(11)
+    for _ in range(60):  # later calls: other audio (shaped noise, no two alike)
+        clock.now += timedelta(minutes=1)
+        noise = np.convolve(rng.normal(0, 3000, 40_000), np.hanning(9), "same")
+        svc._add_fingerprint("acct-1", fingerprint(noise.astype(np.int16)), clock.now, b"")
+    compared: list[int] = []
+    real_is_replay = service_module.is_replay
+
+    def counting(candidate, earlier, threshold):  # type: ignore[no-untyped-def]
+        earlier = list(earlier)
+        compared.append(len(earlier))
+        return real_is_replay(candidate, earlier, threshold)
+
+    monkeypatch.setattr(service_module, "is_replay", counting)
+    clock.now += timedelta(minutes=1)
+    again = _verify(svc, audio["attempt"])
+    assert again.replay and again.decision == "reject"
+    assert compared[-1] <= INDEX_CANDIDATES + service_module.RECENT_PRINTS
+    svc.delete("acct-1", by="reviewer")
+    with sqlite3.connect(_db) as conn:
+        assert conn.execute("SELECT count(*) FROM voiceprint_print_keys").fetchone()[0] == 0

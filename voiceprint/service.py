@@ -1,10 +1,11 @@
 """Tier 2 as one service: enrollment, verification, revocation — every decision audited.
 
 A verification runs, in order: lockout check, enrollment present and made by the model and
-master key in use (otherwise the account must re-enroll), replay check against every earlier
-sample of the account, sample quality, spoken-challenge check (liveness), then the embedding
-score — raw cosine or s-normalised against a cohort of other accounts' templates of the same
-model, as the model's calibration says — and the decision with the thresholds. Each decision
+master key in use (otherwise the account must re-enroll), replay check against the account's
+earlier samples (those its key index finds, and the latest few), sample quality,
+spoken-challenge check (liveness), then the embedding score — raw cosine or s-normalised
+against a cohort of other accounts' templates of the same model, as the model's calibration
+says — and the decision with the thresholds. Each decision
 records the false-match rate its score had on the evaluation set (``voiceprint.calibration``).
 Templates are sealed with AES-GCM under a per-template data key wrapped by the master key; raw
 audio is never kept (only replay fingerprints).
@@ -25,7 +26,7 @@ from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Engine, Table, delete, select, update
+from sqlalchemy import Engine, Table, delete, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -42,13 +43,24 @@ from voiceprint.errors import (
     ConsentMissing,
     VoiceprintUnavailable,
 )
-from voiceprint.replay import DEFAULT_REPLAY_THRESHOLD, Fingerprint, fingerprint, is_replay
+from voiceprint.replay import (
+    DEFAULT_REPLAY_THRESHOLD,
+    Fingerprint,
+    candidates,
+    fingerprint,
+    index_keys,
+    is_replay,
+    offset_votes,
+)
 from voiceprint.scoring import CohortNormaliser, Thresholds, cosine
-from voiceprint.store import FingerprintRow, LockoutRow, RecordingRow, TemplateRow
+from voiceprint.store import FingerprintRow, LockoutRow, PrintKeyRow, RecordingRow, TemplateRow
 from voiceprint.templates import MasterKey, SealedTemplate, open_template, seal, seal_audio
 
 Audio = npt.NDArray[np.float32]
 _LOCKOUTS = cast(Table, LockoutRow.__table__)
+# Earlier prints always compared in full, whatever the key index says (a safety net that
+# keeps the cost bounded).
+RECENT_PRINTS = 8
 
 
 def edit_distance(expected: Sequence[Hashable], heard: Sequence[Hashable]) -> int:
@@ -211,9 +223,8 @@ class VoiceprintService:
                 key_id=sealed.key_id, version=sealed.version, model_id=self.embedder.model_id,
                 model_version=self.embedder.model_version, created_at=now))
             for sample in samples:
-                session.add(FingerprintRow(account_id=account_id, source="enrollment",
-                                           data=fingerprint(_pcm16(sample)).data,
-                                           created_at=now))
+                _store_print(session, account_id, "enrollment", fingerprint(_pcm16(sample)),
+                             now)
                 self._retain(session, account_id, "enrollment", _pcm16(sample), now)
         return self.audit.append(AuditEntry(
             kind="enrollment", call_id=call_id, account_id=account_id,
@@ -227,6 +238,7 @@ class VoiceprintService:
         with Session(self.engine) as session, session.begin():
             session.execute(delete(TemplateRow).where(TemplateRow.account_id == account_id))
             session.execute(delete(FingerprintRow).where(FingerprintRow.account_id == account_id))
+            session.execute(delete(PrintKeyRow).where(PrintKeyRow.account_id == account_id))
             session.execute(delete(RecordingRow).where(RecordingRow.account_id == account_id))
         return self.audit.append(AuditEntry(kind="deletion", account_id=account_id,
                                             decision="deleted", reviewer=by))
@@ -326,7 +338,7 @@ class VoiceprintService:
         template = self._open(row)
         pcm = _pcm16(sample)
         print_now = fingerprint(pcm)
-        replay, best = is_replay(print_now, self._fingerprints(account_id),
+        replay, best = is_replay(print_now, self._replay_candidates(account_id, print_now),
                                  self.options.replay_threshold)
         self._add_fingerprint(account_id, print_now, now, pcm)
         liveness: dict[str, Any] = {"replay_similarity": round(best, 3)}
@@ -406,17 +418,30 @@ class VoiceprintService:
                 TemplateRow.key_id == self.key.key_id).limit(self.options.cohort_size)).all()
         return [self._open(r) for r in rows]
 
-    def _fingerprints(self, account_id: str) -> list[Fingerprint]:
+    def _replay_candidates(self, account_id: str, print_now: Fingerprint) -> list[Fingerprint]:
+        """The earlier prints of the account worth a full comparison: those the key index
+        finds (many shared keys at one offset) and the most recent few, whatever the index
+        says. The cost stays flat as an account's history grows."""
+        keys, _frames = index_keys(print_now)
         with Session(self.engine) as session:
-            rows = session.scalars(select(FingerprintRow).where(
-                FingerprintRow.account_id == account_id)).all()
-        return [Fingerprint(r.data) for r in rows]
+            hits = session.execute(select(PrintKeyRow.fingerprint_id, PrintKeyRow.key,
+                                          PrintKeyRow.frame).where(
+                PrintKeyRow.account_id == account_id,
+                PrintKeyRow.key.in_(np.unique(keys).tolist()))).all()
+            votes = offset_votes(print_now, [h[0] for h in hits], [h[1] for h in hits],
+                                 [h[2] for h in hits])
+            recent = session.scalars(select(FingerprintRow.id).where(
+                FingerprintRow.account_id == account_id).order_by(
+                FingerprintRow.id.desc()).limit(RECENT_PRINTS)).all()
+            wanted = set(candidates(votes)) | set(recent)
+            rows = session.scalars(select(FingerprintRow.data).where(
+                FingerprintRow.id.in_(wanted))).all() if wanted else []
+        return [Fingerprint(data) for data in rows]
 
     def _add_fingerprint(self, account_id: str, print_now: Fingerprint, now: datetime,
                          pcm: bytes) -> None:
         with Session(self.engine) as session, session.begin():
-            session.add(FingerprintRow(account_id=account_id, source="attempt",
-                                       data=print_now.data, created_at=now))
+            _store_print(session, account_id, "attempt", print_now, now)
             self._retain(session, account_id, "attempt", pcm, now)
 
     def _lockout_state(self, account_id: str) -> lockout.LockoutState:
@@ -470,6 +495,19 @@ class VoiceprintService:
             row.disabled = state.disabled
             row.next_allowed_at = state.next_allowed_at
             row.disabled_at = state.disabled_at
+
+
+def _store_print(session: Session, account_id: str, source: str, print_now: Fingerprint,
+                 now: datetime) -> None:
+    """A fingerprint and its lookup keys."""
+    row = FingerprintRow(account_id=account_id, source=source, data=print_now.data,
+                         created_at=now)
+    session.add(row)
+    session.flush()  # its id
+    keys, frames = index_keys(print_now)
+    session.execute(insert(PrintKeyRow), [
+        {"fingerprint_id": row.id, "key": key, "frame": frame, "account_id": account_id}
+        for key, frame in zip(keys.tolist(), frames.tolist(), strict=True)])
 
 
 def _insert_missing(engine: Engine, account_id: str) -> Any:

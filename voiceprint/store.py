@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, Integer, LargeBinary, String
+from sqlalchemy import Boolean, DateTime, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from voiceprint.audit_store import AuditBase
@@ -43,6 +43,19 @@ class FingerprintRow(AuditBase):
     source: Mapped[str] = mapped_column(String(16))
     data: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PrintKeyRow(AuditBase):
+    """One lookup key of a replay fingerprint (``voiceprint.replay.index_keys``): a verify
+    compares in full only the earlier prints that share many keys at one offset."""
+
+    __tablename__ = "voiceprint_print_keys"
+    __table_args__ = (Index("ix_voiceprint_print_keys_account_key", "account_id", "key"),)
+
+    fingerprint_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[int] = mapped_column(Integer, primary_key=True)
+    frame: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(128))
 
 
 class LockoutRow(AuditBase):
