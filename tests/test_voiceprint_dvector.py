@@ -277,3 +277,25 @@ def test_generated_master_key_is_never_logged(tmp_path: Path,
                for record in caplog.records)
     assert any("generated" in record.getMessage() for record in caplog.records)
     assert os.stat(master_key_path()).st_mode & 0o777 == 0o600
+
+
+@pytest.mark.slow
+def test_benchmark_reports_every_section(model_dir: Path) -> None:
+    """scripts/bench_voiceprint.py on a small history: one JSON object, the replay check
+    compares a bounded number of prints in full however many there are."""
+    import json
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "scripts" / "bench_voiceprint.py"),
+                           "--attempts", "3", "--batch", "4", "--history", "10,120"],
+                          capture_output=True, text=True, timeout=300, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["model"] == "dvector" and report["embedding"]["per_utterance_ms"] > 0
+    assert [r["earlier_prints"] for r in report["replay"]] == [10, 120]
+    from voiceprint.replay import INDEX_CANDIDATES
+    from voiceprint.service import RECENT_PRINTS
+
+    assert all(r["compared_in_full"] <= INDEX_CANDIDATES + RECENT_PRINTS
+               for r in report["replay"])
