@@ -7,6 +7,7 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 from api_app import WiredApi, wired_api
 from fastapi.testclient import TestClient
@@ -53,6 +54,49 @@ def test_notes_are_new_records_and_tampering_is_named(api: WiredApi, tmp_path: P
     listed = client.get("/api/v1/voiceprint/attempts", params={"decision": "reject"},
                         headers=_security(api)).json()["items"]
     assert [r["seq"] for r in listed] == [2, 5]
+
+
+def test_the_log_answers_without_a_model_or_key(api: WiredApi) -> None:
+    """The security team's records are data in the database: with the model and key gone
+    (a fresh install without a key, a model that failed to load) they still answer; only
+    enrollment says 503, naming what is missing."""
+    from voiceprint.service import VoiceprintService
+
+    loaded = api.services.voiceprint
+    assert loaded is not None
+    loaded.audit.append(AuditEntry(kind="decision", account_id="acct-1", decision="reject",
+                                   masked_caller="*********00"))
+    api.services.voiceprint = VoiceprintService(
+        loaded.engine, None, None, unavailable="model is not loaded (pretrained.pt is missing)")
+    client = TestClient(api.app)
+    headers = _security(api)
+    attempts = client.get("/api/v1/voiceprint/attempts", headers=headers)
+    assert attempts.status_code == 200 and len(attempts.json()["items"]) == 2
+    assert client.get("/api/v1/voiceprint/attempts", params={"format": "csv"},
+                      headers=headers).text.count("\n") == 3
+    assert client.get("/api/v1/voiceprint/audit/verify", headers=headers).json()["ok"] is True
+    state = client.get("/api/v1/voiceprint/accounts/acct-1", headers=headers)
+    assert state.status_code == 200 and state.json()["enrolled"] is False
+    enroll = client.post("/api/v1/voiceprint/accounts/acct-1/enrollment",
+                         json={"consent": True, "samples": ["UklGRg=="]}, headers=headers)
+    assert enroll.status_code in (422, 503)  # the sample is no WAV; a real one gets 503:
+    import base64
+    import io
+    import wave
+
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((np.sin(np.arange(48000) / 5) * 8000).astype("<i2").tobytes())
+    enroll = client.post("/api/v1/voiceprint/accounts/acct-1/enrollment",
+                         json={"consent": True, "samples": [base64.b64encode(
+                             out.getvalue()).decode()]}, headers=headers)
+    assert enroll.status_code == 503 and "pretrained.pt is missing" in enroll.json()["message"]
+    assert client.get("/api/v1/voiceprint/attempts",
+                      headers={"Authorization": f"Bearer {api.tokens['supervisor']}"}
+                      ).status_code == 403
 
 
 def test_enrollment_upload_rejects_bad_audio_with_a_reason(api: WiredApi) -> None:
