@@ -168,6 +168,7 @@ def is_replay(
 # best offset; different utterances 3-53 (the 53: half of it was the identical synthetic audio).
 INDEX_VOTES: Final = 20  # votes at one offset that make an earlier print a candidate
 INDEX_CANDIDATES: Final = 16  # at most this many candidates get the full comparison
+HIT_BUDGET: Final = 40_000  # stored key hits read per check, rarest keys first
 _OFFSET_BIN: Final = 2  # frames; two copies may be misaligned by up to one frame
 _HALF: Final = 1 << 16
 
@@ -209,6 +210,20 @@ def offset_votes(query: Fingerprint, ids: npt.ArrayLike, keys: npt.ArrayLike,
         if vote > best.get(pair, 0):
             best[pair] = vote
     return best
+
+
+def informative_keys(counts: Iterable[tuple[int, int]], budget: int = HIT_BUDGET) -> list[int]:
+    """The rarest of the query's keys, as many as fit ``budget`` stored hits: a key that many
+    earlier prints share says little about any one of them, and reading it costs the most.
+    ``counts`` pairs each key with how often the account's index holds it."""
+    chosen: list[int] = []
+    spent = 0
+    for key, count in sorted(counts, key=lambda pair: (pair[1], pair[0])):
+        if spent + count > budget:
+            break
+        chosen.append(key)
+        spent += count
+    return chosen
 
 
 def candidates(votes: dict[int, int]) -> list[int]:

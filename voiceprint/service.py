@@ -26,7 +26,7 @@ from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Engine, Table, delete, insert, select, update
+from sqlalchemy import Engine, Table, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -49,6 +49,7 @@ from voiceprint.replay import (
     candidates,
     fingerprint,
     index_keys,
+    informative_keys,
     is_replay,
     offset_votes,
 )
@@ -423,11 +424,15 @@ class VoiceprintService:
         finds (many shared keys at one offset) and the most recent few, whatever the index
         says. The cost stays flat as an account's history grows."""
         keys, _frames = index_keys(print_now)
+        wanted_keys = np.unique(keys).tolist()
         with Session(self.engine) as session:
+            counts = session.execute(select(PrintKeyRow.key, func.count()).where(
+                PrintKeyRow.account_id == account_id, PrintKeyRow.key.in_(wanted_keys))
+                .group_by(PrintKeyRow.key)).all()
             hits = session.execute(select(PrintKeyRow.fingerprint_id, PrintKeyRow.key,
                                           PrintKeyRow.frame).where(
                 PrintKeyRow.account_id == account_id,
-                PrintKeyRow.key.in_(np.unique(keys).tolist()))).all()
+                PrintKeyRow.key.in_(informative_keys(counts)))).all() if counts else []
             votes = offset_votes(print_now, [h[0] for h in hits], [h[1] for h in hits],
                                  [h[2] for h in hits])
             recent = session.scalars(select(FingerprintRow.id).where(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, Index, Integer, LargeBinary, String
+from sqlalchemy import Boolean, DateTime, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from voiceprint.audit_store import AuditBase
@@ -47,15 +47,17 @@ class FingerprintRow(AuditBase):
 
 class PrintKeyRow(AuditBase):
     """One lookup key of a replay fingerprint (``voiceprint.replay.index_keys``): a verify
-    compares in full only the earlier prints that share many keys at one offset."""
+    compares in full only the earlier prints that share many keys at one offset. The primary
+    key starts with (account, key), so a lookup reads the index alone (no table rows; SQLite
+    stores the table as that index)."""
 
     __tablename__ = "voiceprint_print_keys"
-    __table_args__ = (Index("ix_voiceprint_print_keys_account_key", "account_id", "key"),)
+    __table_args__ = {"sqlite_with_rowid": False}
 
-    fingerprint_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     key: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fingerprint_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     frame: Mapped[int] = mapped_column(Integer, primary_key=True)
-    account_id: Mapped[str] = mapped_column(String(128))
 
 
 class LockoutRow(AuditBase):

@@ -37,14 +37,13 @@ def upgrade() -> None:
         batch.add_column(sa.Column("model_version", sa.String(length=80), nullable=True))
     keys = op.create_table(
         "voiceprint_print_keys",
-        sa.Column("fingerprint_id", sa.Integer(), nullable=False),
-        sa.Column("key", sa.Integer(), nullable=False),
-        sa.Column("frame", sa.Integer(), nullable=False),
         sa.Column("account_id", sa.String(length=128), nullable=False),
-        sa.PrimaryKeyConstraint("fingerprint_id", "key", "frame"),
+        sa.Column("key", sa.Integer(), nullable=False),
+        sa.Column("fingerprint_id", sa.Integer(), nullable=False),
+        sa.Column("frame", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("account_id", "key", "fingerprint_id", "frame"),
+        sqlite_with_rowid=False,
     )
-    op.create_index("ix_voiceprint_print_keys_account_key", "voiceprint_print_keys",
-                    ["account_id", "key"])
     connection = op.get_bind()
     prints = connection.execute(sa.text(
         "SELECT id, account_id, data FROM voiceprint_fingerprints")).all()
@@ -56,7 +55,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index("ix_voiceprint_print_keys_account_key", table_name="voiceprint_print_keys")
     op.drop_table("voiceprint_print_keys")
     with op.batch_alter_table("voiceprint_templates") as batch:
         batch.drop_column("model_version")
