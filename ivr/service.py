@@ -177,19 +177,23 @@ def master_key_path() -> Path:
 
 def master_key(settings: Settings) -> MasterKey | None:
     """The voiceprint master key from settings or its file; else the per-install key, made on
-    first use (32 random bytes, file mode 0600; the key itself is never logged). None when
-    none is configured and generation is off."""
+    first use (32 random bytes, file mode 0600; the key itself is never logged) in the
+    configured file or the secrets folder. None when none is configured and generation is
+    off."""
     vp = settings.voiceprint
     if vp.master_key is not None:
         return MasterKey.from_config(vp.master_key.get_secret_value())
     path = vp.master_key_file
-    if path is None:
-        if not vp.generate_master_key:
-            return None
-        path = master_key_path()
+    if path is None and not vp.generate_master_key:
+        return None
+    if vp.generate_master_key and (path is None or not path.exists()):
+        # A configured file that does not exist yet is where the per-install key goes (a
+        # container keeps it on its data volume).
+        path = path or master_key_path()
         if _make_key_file(path):
             log.warning("voiceprint master key generated; back it up (without it every "
                         "caller must enroll again)", extra={"path": str(path)})
+    assert path is not None
     try:
         text = path.read_text(encoding="ascii")
     except OSError as exc:

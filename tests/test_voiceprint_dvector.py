@@ -299,3 +299,23 @@ def test_benchmark_reports_every_section(model_dir: Path) -> None:
 
     assert all(r["compared_in_full"] <= INDEX_CANDIDATES + RECENT_PRINTS
                for r in report["replay"])
+
+
+def test_a_configured_key_file_that_is_missing_is_made_there(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container points the key file at its data volume: the first start makes it there;
+    with generation off a missing file is an error, not a silent new key."""
+    from ivr.service import master_key
+    from ivr.settings import Settings
+    from voiceprint.errors import MasterKeyError
+
+    monkeypatch.setenv("IVR_CACHE_DIR", str(tmp_path / "cache"))
+    target = tmp_path / "var" / "secrets" / "voiceprint-master.key"
+    key = master_key(Settings(data_dir=tmp_path, voiceprint={"master_key_file": target}))
+    assert key is not None and bytes.fromhex(target.read_text().strip()) == key.key
+    assert not (tmp_path / "cache" / "secrets").exists()
+    again = master_key(Settings(data_dir=tmp_path, voiceprint={"master_key_file": target}))
+    assert again == key
+    with pytest.raises(MasterKeyError, match="unreadable"):
+        master_key(Settings(data_dir=tmp_path, voiceprint={
+            "master_key_file": tmp_path / "nowhere.key", "generate_master_key": False}))
