@@ -364,12 +364,17 @@ def test_fetch_models_fails_fast_offline(tmp_path: Path, env: dict[str, str]) ->
 
 def test_manifest_names_the_defaults() -> None:
     manifest = json.loads((ROOT / "models" / "manifest.json").read_text())
-    by_role = {m["role"]: m for m in manifest["models"]}
-    assert by_role["gpu-option"]["compute_type"] == "float16"
-    assert by_role["default"]["source"]["assemble"] == {"model.bin": ["model.bin.part1",
-                                                                      "model.bin.part2"]}
-    assert all(len(digest) == 64 for digest in by_role["default"]["files"].values())
-    assert by_role["voiceprint"]["repo"] == "speechbrain/spkrec-ecapa-voxceleb"
+    by_name = {m["name"]: m for m in manifest["models"]}
+    assert by_name["whisper-large-v3-turbo"]["compute_type"] == "float16"
+    defaults = {m["name"] for m in manifest["models"] if m["role"] == "default"}
+    assert defaults == {"whisper-base", "dvector-ge2e"}
+    assert by_name["whisper-base"]["source"]["assemble"] == {"model.bin": ["model.bin.part1",
+                                                                           "model.bin.part2"]}
+    assert by_name["dvector-ge2e"]["source"]["members"]["pretrained.pt"] == \
+        "resemblyzer/pretrained.pt"
+    for name in defaults:
+        assert all(len(digest) == 64 for digest in by_name[name]["files"].values()), name
+    assert by_name["ecapa-voxceleb"]["repo"] == "speechbrain/spkrec-ecapa-voxceleb"
     for model in manifest["models"]:
         assert model["files"], model["name"]
 
