@@ -589,3 +589,18 @@ def test_openapi_documents_every_answer(api: Api) -> None:
     assert set(paths[f"{RULES}/import"]["post"]["requestBody"]["content"]) >= {
         "application/yaml", "text/plain"}
     assert "ETag" in paths[f"{RULES}/{{rule_id}}"]["get"]["responses"]["200"]["headers"]
+
+
+def test_export_quotes_names_a_yaml_reader_could_take_for_numbers(api: Api) -> None:
+    """A rule named 1e+100, yes or 0o17 stays a string for YAML 1.1 and 1.2 readers alike
+    (found by the schema fuzzer: a 1.2 reader took an unquoted 1e+100 for a float)."""
+    admin = api.as_("admin")
+    for name in ("1e+100", "yes", "0o17"):
+        made = api.client.post(RULES, json={"id": f"r-{name.replace('+', '')}", "name": name},
+                               headers=admin)
+        assert made.status_code == 201, made.text
+    text = api.client.get(f"{RULES}/export", headers=admin).text
+    for name in ("1e+100", "yes", "0o17"):
+        assert f'name: "{name}"' in text
+    names = {r["name"] for r in yaml.safe_load(text)["rules"]}
+    assert {"1e+100", "yes", "0o17"} <= names

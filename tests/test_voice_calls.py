@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from ivr.sip.phone import PhoneCall, SipStack
 from voiceprint.service import edit_distance
@@ -336,10 +337,10 @@ def test_trained_voiceprint_accepts_the_enrolled_voice_and_rejects_others(
            **{k: v for k, v in hotline.env.items() if k.startswith("IVR_ASR__RTP")},
            "IVR_VOICEPRINT__MASTER_KEY": MASTER_KEY, "IVR_VOICEPRINT__MIN_ENROLL_SPEECH_S": "8",
            "IVR_VOICEPRINT__CHALLENGE_ATTEMPTS": "2", "IVR_VOICEPRINT__ANSWER_TIMEOUT_S": "8"}
-    phrases = [_flite(artifacts, f"slt-enroll-{i}", text, "slt") for i, text in enumerate((
-        "I would like to check the balance of my account and the last three payments.",
-        "Somebody changed the password of my account yesterday and I did not do it.",
-        "Please tell me when the engineer will arrive to repair the telephone line."), 1)]
+    catalog = yaml.safe_load((Path(__file__).resolve().parents[1] / "ivr" / "prompts"
+                              / "catalog.yaml").read_text(encoding="utf-8"))
+    phrases = [_flite(artifacts, f"slt-enroll-{i}", catalog[f"enroll_phrase_{i}"]["en"], "slt")
+               for i in (1, 2, 3)]  # what the prompts ask her to repeat
     try:
         with running_hotline(asterisk, tmp_path, **env) as real:
             subprocess.run([sys.executable, "-m", "ivr.cli", "account", "add", "--id",

@@ -352,12 +352,21 @@ def load_yaml(text: str) -> Any:
         raise RuleError("", "invalid YAML: nested too deeply") from exc
 
 
+# Plain scalars that some YAML reader takes for something other than a string: YAML 1.2
+# numbers PyYAML (1.1) leaves alone, such as 1e+100 or 0o17, and 1.1's yes/no/on/off.
+_NOT_A_STRING = re.compile(
+    r"^(?:[-+]?(?:\.\d+|\d+(?:\.\d*)?)(?:[eE][-+]?\d+)?|[-+]?\.(?:inf|Inf|INF)"
+    r"|\.(?:nan|NaN|NAN)|0x[0-9a-fA-F]+|0o[0-7]+|~|null|Null|NULL|true|True|TRUE"
+    r"|false|False|FALSE|[yYnN]|yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF)$")
+
+
 class _RuleDumper(yaml.SafeDumper):
-    """Safe YAML that always quotes "HH:MM" (unquoted, YAML 1.1 may read 18:00 as 1080)."""
+    """Safe YAML that quotes every string a reader could take for a number, a boolean or
+    null, and always "HH:MM" (unquoted, YAML 1.1 may read 18:00 as 1080)."""
 
 
 def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
-    style = '"' if _CLOCK.match(data) else None
+    style = '"' if _CLOCK.match(data) or _NOT_A_STRING.match(data) else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
 
