@@ -473,18 +473,23 @@ def corpus_scores(embedder: Embedder, speakers: Sequence[Speaker], channel: str,
     return out
 
 
-def _rates(targets: Sequence[float], impostors: Sequence[float], accept: float,
-           reject: float) -> dict[str, Any]:
+def _rates(targets: Sequence[float], impostors: Sequence[float],
+           shipped: tuple[float, float] | None) -> dict[str, Any]:
+    """EER and minDCF; with the shipped (accept, reject) thresholds also the rates at them."""
     rate, eer_threshold = eer(targets, impostors)
-    fmr, fnmr = rates_at(accept, targets, impostors)
-    return {"target_trials": len(targets), "impostor_trials": len(impostors),
-            "eer": round(rate, 4), "eer_threshold": round(eer_threshold, 4),
-            "min_dcf": round(min_dcf(targets, impostors, p_target=P_TARGET), 4),
-            "fmr_at_accept": round(fmr, 5), "fnmr_at_accept": round(fnmr, 4),
-            "fnmr_below_reject": round(float(np.mean(np.asarray(targets) < reject)), 4),
-            "fmr_above_reject": round(float(np.mean(np.asarray(impostors) >= reject)), 4),
-            "impostor_max": round(float(max(impostors)), 4),
-            "target_min": round(float(min(targets)), 4)}
+    out: dict[str, Any] = {
+        "target_trials": len(targets), "impostor_trials": len(impostors),
+        "eer": round(rate, 4), "eer_threshold": round(eer_threshold, 4),
+        "min_dcf": round(min_dcf(targets, impostors, p_target=P_TARGET), 4),
+        "impostor_max": round(float(max(impostors)), 4),
+        "target_min": round(float(min(targets)), 4)}
+    if shipped is not None:
+        accept, reject = shipped
+        fmr, fnmr = rates_at(accept, targets, impostors)
+        out.update(fmr_at_accept=round(fmr, 5), fnmr_at_accept=round(fnmr, 4),
+                   fnmr_below_reject=round(float(np.mean(np.asarray(targets) < reject)), 4),
+                   fmr_above_reject=round(float(np.mean(np.asarray(impostors) >= reject)), 4))
+    return out
 
 
 def evaluate_corpus(args: argparse.Namespace) -> dict[str, Any]:
@@ -526,16 +531,11 @@ def evaluate_corpus(args: argparse.Namespace) -> dict[str, Any]:
                    "test_seconds": args.test_seconds, "model_version": identity["version"],
                    "command": "scripts/eval_voiceprint.py --corpus system --write-calibration"})
         calibration.save(shipped)
-    table = {channel: {kind: _rates(t, i, shipped.accept, shipped.reject)
-                       if kind == shipped.score else _rates(t, i, float("inf"), float("inf"))
+    # The shipped score kind at its thresholds; the other kind next to it at the EER only.
+    table = {channel: {kind: _rates(t, i, (shipped.accept, shipped.reject)
+                                    if kind == shipped.score else None)
                        for kind, (t, i) in scores.items() if t and i}
              for channel, scores in channels.items()}
-    for channel, scores in channels.items():  # s-norm next to raw at the EER only
-        for kind in scores:
-            if kind != shipped.score and kind in table[channel]:
-                for key in ("fmr_at_accept", "fnmr_at_accept", "fnmr_below_reject",
-                            "fmr_above_reject"):
-                    table[channel][kind].pop(key)
     return {"corpus": "system", "model": identity,
             "speakers": {s.name: {"source": s.source, "enroll": len(s.enroll),
                                   "tests": len(s.tests)} for s in speakers},
