@@ -228,12 +228,12 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
             raise IvrError("token create needs --role admin|supervisor|security|agent")
         try:
             token, info = tokens.create(args.role, args.name or "",
-                                        timedelta(days=args.ttl_days))
+                                        timedelta(days=args.ttl_days), args.agent)
         except ValueError as exc:
             raise IvrError(str(exc)) from exc
         if args.json:
             _print({"token": token, "id": info.id, "role": info.role,
-                    "expires_at": info.expires_at.isoformat()}, True)
+                    "agent_id": info.agent_id, "expires_at": info.expires_at.isoformat()}, True)
         else:
             sys.stdout.write(token + "\n")  # just the token, for $(ivr token create ...)
         return 0
@@ -245,7 +245,7 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
         _print({"id": args.id, "revoked": True}, args.json)
         return 0
     for info in tokens.listing():
-        _print({"id": info.id, "role": info.role, "name": info.name,
+        _print({"id": info.id, "role": info.role, "name": info.name, "agent_id": info.agent_id,
                 "expires_at": info.expires_at.isoformat(),
                 "revoked_at": info.revoked_at.isoformat() if info.revoked_at else None}, True)
     return 0
@@ -294,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="REST API bearer tokens")
     token.add_argument("action", choices=("create", "list", "revoke"))
     token.add_argument("--role", choices=("admin", "supervisor", "security", "agent"))
-    token.add_argument("--name", default="", help="who holds it (agents: the agent id)")
+    token.add_argument("--name", default="", help="who holds it (printable text)")
+    token.add_argument("--agent", default=None,
+                       help="agent tokens: the agent id the token acts for (must exist)")
     token.add_argument("--ttl-days", type=float, default=30.0)
     token.add_argument("--id", default=None, help="the token id (revoke)")
     token.add_argument("--json", action="store_true")

@@ -8,6 +8,7 @@ import functools
 import logging
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -24,22 +25,24 @@ from ivr.api.app import create_app
 from ivr.api.services import ApiServices
 from ivr.asterisk.instance import AriCredentials, AsteriskInstance
 from ivr.asterisk.provision import cache_dir, locate_asterisk
+from ivr.auth.throttle import Throttle
 from ivr.auth.tokens import TokenStore
 from ivr.bus import EventBus
 from ivr.errors import IvrError
 from ivr.flow.controller import HotlineController, distributor_for
 from ivr.flow.session import Prompts
-from ivr.flow.voice import VoiceTier
+from ivr.flow.voice import AttemptLimit, VoiceTier
 from ivr.health import LoopLag, Readiness, TaskGroup, probe_forever
 from ivr.metrics import MetricsRecorder
 from ivr.routing.service import RoutingService
-from ivr.settings import AsrSettings, Settings
+from ivr.settings import AsrSettings, SecuritySettings, Settings
 from ivr.speech.listener import SpeechServices
 from ivr.store.db import make_engine, migrate, sqlite_url
 from ivr.store.journal import CallJournal
 from ivr.store.repository import Store
 from ivr.verification.codes import (
     AccountDirectory,
+    CodeOptions,
     OneTimeCodes,
     OutboxSender,
     VerificationServices,
@@ -195,10 +198,16 @@ def master_key(settings: Settings) -> MasterKey | None:
                         "caller must enroll again)", extra={"path": str(path)})
     assert path is not None
     try:
-        text = path.read_text(encoding="ascii")
+        with path.open("r", encoding="ascii") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            text = handle.read()
     except OSError as exc:
         raise MasterKeyError(f"voiceprint master key file unreadable: {exc.strerror}"
                              ) from None
+    if mode & 0o077:
+        # Like ssh with a private key: a key others can read protects nothing; refuse it.
+        raise MasterKeyError(f"voiceprint master key file {path} is open to other users "
+                             f"(mode {stat.S_IMODE(mode):04o}); run chmod 600 on it")
     return MasterKey.from_config(text)
 
 
@@ -273,14 +282,21 @@ async def load_voice_tier(settings: Settings, store: Store, readiness: Readiness
                           ) -> VoiceTier | None:
     """Tier 2 for calls, or None (callers who pass tier 1 then go to the experts)."""
     service = await load_voiceprint(settings, store, readiness)
-    return VoiceTier(service, settings.voiceprint) if service.can_verify else None
+    if not service.can_verify:
+        return None
+    security = settings.security
+    return VoiceTier(service, settings.voiceprint, AttemptLimit(
+        Throttle(store.engine), security.voice_attempts, security.voice_window_s))
 
 
-def verification_services(store: Store) -> VerificationServices:
+def verification_services(store: Store, security: SecuritySettings | None = None
+                          ) -> VerificationServices:
     """Accounts, one-time codes and the development outbox on the service's database."""
+    security = security or SecuritySettings()  # type: ignore[call-arg]
     outbox = OutboxSender(store.engine)
+    options = CodeOptions(max_sends=security.code_sends, send_window_s=security.code_window_s)
     return VerificationServices(AccountDirectory(store.engine),
-                                OneTimeCodes(store.engine, outbox), outbox)
+                                OneTimeCodes(store.engine, outbox, options), outbox)
 
 
 async def serve_async(settings: Settings) -> int:
@@ -305,7 +321,7 @@ async def serve_async(settings: Settings) -> int:
         speech.journal = journal
     voiceprint = await load_voiceprint(settings, store, readiness)
     voice = VoiceTier(voiceprint, settings.voiceprint) if voiceprint.can_verify else None
-    verification = verification_services(store)
+    verification = verification_services(store, settings.security)
     tokens = TokenStore(store.engine)
     metrics = MetricsRecorder(bus)
     metrics.start()
@@ -342,7 +358,7 @@ async def serve_async(settings: Settings) -> int:
     metrics.follow_process(lag, controller, journal)
     app = create_app(ApiServices(
         readiness, store, routing, outbox=verification.outbox, tokens=tokens,
-        privacy=settings.privacy, accounts=verification.accounts,
+        privacy=settings.privacy, security=settings.security, accounts=verification.accounts,
         voiceprint=voiceprint, bus=bus,
         snapshot=controller.snapshot if controller else None,
         supervise=controller.supervise if controller else None, metrics=metrics))

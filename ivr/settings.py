@@ -170,6 +170,29 @@ class PrivacySettings(BaseModel):
         "security",)
 
 
+class SecuritySettings(BaseModel):
+    """Limits of the REST API and the live socket, and throttles that hold across processes."""
+
+    # Every request body; larger ones are 413 before they are read (a rules import may be as
+    # large as the biggest rule set an export can write, whichever is more).
+    max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
+    # Bodies at least this large are parsed as JSON in a worker thread, not on the event loop.
+    offload_json_bytes: int = Field(64 << 10, ge=0)
+    # The interactive documentation pages (/docs, /redoc); the OpenAPI document stays public.
+    api_docs: bool = False
+    # Failed authentication per source address (REST and the live socket): past the limit in a
+    # window, 429 with Retry-After until the window ends.
+    auth_failures: int = Field(20, ge=1, le=100_000)
+    auth_window_s: int = Field(60, ge=1, le=86_400)
+    # Per account: one-time codes sent, and voice verification attempts, per window.
+    code_sends: int = Field(5, ge=1, le=1000)
+    code_window_s: int = Field(3600, ge=60, le=86_400)
+    voice_attempts: int = Field(10, ge=1, le=1000)
+    voice_window_s: int = Field(3600, ge=60, le=86_400)
+    # How often an open live socket re-checks its token (revocation by another process).
+    live_recheck_s: float = Field(2.0, gt=0, le=300)
+
+
 class VoiceprintSettings(BaseModel):
     """Tier 2: the speaker model, the master key, thresholds and enrollment limits."""
 
@@ -246,6 +269,7 @@ class Settings(BaseSettings):
     asr: AsrSettings = Field(default_factory=AsrSettings)  # type: ignore[arg-type]
     voiceprint: VoiceprintSettings = Field(default_factory=VoiceprintSettings)  # type: ignore[arg-type]
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)  # type: ignore[arg-type]
     health: HealthSettings = Field(default_factory=HealthSettings)  # type: ignore[arg-type]
     # Model folders (models/whisper/<name>, models/ecapa/<name>): configuration, never the
     # installed package's location. None: ./models of the working directory if it exists.

@@ -9,6 +9,7 @@ rules' ``RuleError`` (YAML import, ``routing.rules_file``) use the same words.
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Mapping, Sequence
 from typing import Any, get_args
 
@@ -33,9 +34,15 @@ def kind(value: object) -> str:
 
 
 def shown(value: object) -> str:
-    """``value`` for a message, cut short (a wrong value may be megabytes)."""
-    text = repr(value)
+    """``value`` for a message, cut short (a wrong value may be megabytes, or a structure
+    whose full repr would be: only a few items and levels are ever rendered)."""
+    text = _SHORT.repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxset = 2, 4, 4, 4, 4
+_SHORT.maxstring, _SHORT.maxlong, _SHORT.maxother = 80, 40, 80
 
 
 def explain(error: Mapping[str, Any], allowed: Sequence[str] | None = None) -> str:

@@ -18,7 +18,7 @@ from ivr.flow.session import Prompts
 from ivr.health import Readiness
 from ivr.metrics import MetricsRecorder
 from ivr.routing.service import RoutingService
-from ivr.settings import FlowSettings, RoutingSettings
+from ivr.settings import FlowSettings, RoutingSettings, SecuritySettings
 from ivr.store.db import make_engine, migrate, sqlite_url
 from ivr.store.repository import Store
 from ivr.verification.codes import AccountDirectory, OutboxSender
@@ -49,9 +49,12 @@ def wired_api(tmp: Path, ecapa: Path) -> WiredApi:
     store = Store(engine)
     routing = RoutingService(store, RoutingSettings(), REGIONS)
     routing.seed_rules()
+    store.upsert_agents([("agent-east-1", "east", []), ("agent-east-2", "east", []),
+                         ("agent-north-1", "north", [])])
     token_store = TokenStore(engine)
-    tokens = {role: token_store.create(role, f"test-{role}")[0] for role in ROLES}
-    spare = token_store.create("agent", "spare")[1]
+    tokens = {role: token_store.create(role, f"test-{role}", agent_id="agent-north-1"
+                                       if role == "agent" else None)[0] for role in ROLES}
+    spare = token_store.create("agent", "spare", agent_id="agent-east-2")[1]
     accounts = AccountDirectory(engine)
     accounts.add("acct-1", "13800210000")
     voice = VoiceprintService(engine, load_embedder(EmbedderOptions(ecapa, device="cpu")),
@@ -72,6 +75,9 @@ def wired_api(tmp: Path, ecapa: Path) -> WiredApi:
     services = ApiServices(readiness, store, routing, OutboxSender(engine), token_store,
                            accounts=accounts, voiceprint=voice, bus=bus,
                            snapshot=controller.snapshot, supervise=controller.supervise,
-                           metrics=MetricsRecorder(bus))
+                           metrics=MetricsRecorder(bus),
+                           # Role and fuzz tests send many bad tokens from one address; the
+                           # throttle has tests of its own.
+                           security=SecuritySettings(auth_failures=100_000))
     return WiredApi(create_app(services), services, tokens, call.id, "acct-1", record.seq,
                     spare.id)

@@ -68,9 +68,10 @@ class Hotline:
     def token(self, role: str) -> str:
         """A bearer token of ``role``, made once with `ivr token create` (the real CLI)."""
         if role not in self.tokens:
+            agent = ["--agent", "agent-north-1"] if role == "agent" else []
             done = subprocess.run([sys.executable, "-m", "ivr.cli", "token", "create", "--role",
-                                   role, "--name", f"test-{role}"], env=self.env, check=True,
-                                  capture_output=True, text=True)
+                                   role, "--name", f"test-{role}", *agent], env=self.env,
+                                  check=True, capture_output=True, text=True)
             self.tokens[role] = done.stdout.strip()
         return self.tokens[role]
 

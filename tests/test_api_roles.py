@@ -73,7 +73,7 @@ def _body(method: str, path: str) -> dict[str, Any]:
     if path.endswith("/notes"):
         return {"json": {"note": "looked at it"}}
     if path == "/api/v1/tokens":
-        return {"json": {"role": "agent", "name": "new"}}
+        return {"json": {"role": "supervisor", "name": "new"}}
     return {"json": {}}
 
 

@@ -99,7 +99,7 @@ def test_agents_see_only_their_own_calls(api: WiredApi) -> None:
                       headers=_auth(api, "agent")).status_code == 404
     tokens = api.services.tokens
     assert tokens is not None
-    own, _ = tokens.create("agent", "agent-east-1")
+    own, _ = tokens.create("agent", "east desk 1", agent_id="agent-east-1")
     store.update_call(api.call_id, agent_id="agent-east-1")
     assert client.get(f"/api/v1/calls/{api.call_id}",
                       headers={"Authorization": f"Bearer {own}"}).status_code == 200

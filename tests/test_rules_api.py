@@ -14,13 +14,13 @@ import yaml
 from fastapi.testclient import TestClient
 
 from ivr.api.app import ApiServices, create_app
-from ivr.api.routing import MAX_BODY_BYTES, rules_router
+from ivr.api.routing import rules_router
 from ivr.auth.tokens import TokenStore
 from ivr.health import Readiness
-from ivr.routing.manage import diff_bodies, parse_if_match
+from ivr.routing.manage import MAX_EXPORT_BYTES, diff_bodies, parse_if_match
 from ivr.routing.rules import rules_from_yaml
 from ivr.routing.service import RoutingService
-from ivr.settings import RoutingSettings
+from ivr.settings import RoutingSettings, SecuritySettings
 from ivr.store.db import make_engine, migrate, sqlite_url
 from ivr.store.repository import Store
 
@@ -61,8 +61,10 @@ def api(tmp_path: Path) -> Iterator[Api]:
         if probe.get(RULES).status_code == 404:  # create_app does not wire the rules yet
             app.include_router(rules_router(services))
     headers = {}
+    store.upsert_agents([("agent-north-1", "north", ["billing_expert", "security"])])
     for role in ("admin", "supervisor", "security", "agent"):
-        token, _ = tokens.create(role, f"{role}-alice")
+        token, _ = tokens.create(role, f"{role}-alice",
+                                 agent_id="agent-north-1" if role == "agent" else None)
         headers[role] = {"Authorization": f"Bearer {token}"}
     with TestClient(app) as client:
         yield Api(client, routing, tokens, headers)
@@ -382,10 +384,10 @@ def test_import_is_all_or_nothing_and_names_the_field(api: Api) -> None:
 
 
 def test_bodies_over_one_mebibyte_are_413(api: Api) -> None:
-    big = "rules: []\n" + "#" * MAX_BODY_BYTES
+    big = "rules: []\n" + "#" * MAX_EXPORT_BYTES
     etag = api.client.get(RULES, headers=api.as_("admin")).headers["ETag"]
     assert _import(api, big, etag).status_code == 413
-    huge = {"name": "x" * MAX_BODY_BYTES, "position": 1}
+    huge = {"name": "x" * SecuritySettings().max_body_bytes, "position": 1}
     response = api.client.post(RULES, json=huge, headers=api.as_("admin"))
     assert response.status_code == 413 and response.json()["status"] == 413
 

@@ -12,6 +12,7 @@ routed to the ordinary security desk, another voice is rejected, a replay is cau
 from __future__ import annotations
 
 import base64
+import json
 import random
 import re
 import subprocess
@@ -131,6 +132,14 @@ def _attempts(hotline: Hotline, **filters: Any) -> list[dict[str, Any]]:
     return items
 
 
+def _asked(hotline: Hotline, call_id: str) -> list[str]:
+    """The challenges the call was asked, in order, from the security log (the only place the
+    digits are kept: the call's events and the live bus do not carry them)."""
+    records = sorted(_attempts(hotline, call_id=call_id, kind="challenge"),
+                     key=lambda r: r["seq"])
+    return [r["challenge_expected"] for r in records]
+
+
 def test_phone_enrollment_after_tier_one(hotline: Hotline, sip_stack: SipStack,
                                          asterisk: RunningAsterisk, artifacts: Path) -> None:
     phrases = [_speak(artifacts, f"phrase{i}", text) for i, text in enumerate((
@@ -186,6 +195,10 @@ def test_spoken_challenge_decides_and_is_logged(hotline: Hotline, sip_stack: Sip
     assert attempt["kind"] == "decision"
     assert attempt["masked_caller"] == "*********02"
     assert attempt["challenge_expected"] == first["challenge"]
+    # Supervisors' view of the call (its events, as on the live bus) never holds the digits.
+    assert first["challenge"] not in json.dumps(record)
+    assert not any("challenge_expected" in e["data"] or "challenge_heard" in e["data"]
+                   or "challenge" in e["data"] for e in record["events"])
     # The tiny random model cannot hear digits: the challenge fails and the voice is not scored.
     assert attempt["challenge_heard"] != first["challenge"]
     assert attempt["decision"] == "reject" and attempt["replay"] is False
@@ -241,7 +254,8 @@ def _challenge_call(hotline: Hotline, sip_stack: SipStack, asterisk: RunningAste
                                        "93" if english else "3")
     asked = hotline.wait_call(sip_call_id, lambda c: bool(_events(c, "voice_listening")), 60,
                               "the challenge to be asked")
-    challenge = _events(asked, "voice_challenge")[0]["challenge"]
+    assert _events(asked, "voice_challenge")
+    challenge = _asked(hotline, asked["call_id"])[0]
     assert re.fullmatch(r"\d{6}", challenge)
     if replay_of is not None:
         wav = replay_of
@@ -309,7 +323,7 @@ def _answer_challenges(hotline: Hotline, sip_stack: SipStack, asterisk: RunningA
             or len(_events(c, "voice_listening")) > n, 90, "a challenge or a decision")
         if state["route_decision"] is not None:
             break
-        challenge = _events(state, "voice_challenge")[answered]["challenge"]
+        challenge = _asked(hotline, state["call_id"])[answered]
         call.play(_spoken_digits(folder, f"heard-{language}-{answered}", challenge, language))
         answered += 1
     call.hangup()

@@ -152,6 +152,12 @@ def test_voice_tier_start_up_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         tier(model="ecapa", model_dir=build_tiny_ecapa(), master_key="too-short")
     key_file = tmp_path / "key"
     key_file.write_text("cd" * 32)
+    # A key file other users can read is refused, like ssh refuses such a private key.
+    for mode in (0o644, 0o640, 0o604):
+        key_file.chmod(mode)
+        with pytest.raises(MasterKeyError, match=f"open to other users \\(mode 0{mode:o}\\)"):
+            tier(model="ecapa", model_dir=build_tiny_ecapa(), master_key_file=key_file)
+    key_file.chmod(0o600)
     loaded, readiness = tier(model="ecapa", model_dir=build_tiny_ecapa(),
                              master_key_file=key_file)
     assert loaded is not None and readiness.degraded() == {}

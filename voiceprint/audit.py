@@ -24,7 +24,8 @@ from typing import Any, Final
 from voiceprint.errors import AuditChainError
 
 GENESIS_HASH: Final = "0" * 64
-KNOWN_KINDS: Final = frozenset({"decision", "note", "lockout", "enrollment", "deletion"})
+KNOWN_KINDS: Final = frozenset({"decision", "note", "lockout", "enrollment", "deletion",
+                                "challenge"})
 # A masked caller may show at most this many digits (e.g. the last two).
 _MAX_VISIBLE_DIGITS: Final = 4
 

@@ -304,6 +304,15 @@ class VoiceprintService:
 
     # -- verification ------------------------------------------------------------------------
 
+    def log_challenge(self, account_id: str, digits: str, *, call_id: str | None,
+                      caller_number: str | None, attempt: int) -> DecisionRecord:
+        """Record the digits a caller is asked to say (kind ``challenge``), before they are
+        spoken: the security log is the only place they are kept."""
+        return self.audit.append(AuditEntry(
+            kind="challenge", call_id=call_id, account_id=account_id,
+            masked_caller=mask_caller(caller_number) if caller_number else None,
+            tier_results={"attempt": attempt}, challenge_expected=digits))
+
     def verify(self, account_id: str, sample: Audio, *, call_id: str | None,
                caller_number: str | None, challenge_expected: str | None,
                challenge_heard: str | None, tier_results: dict[str, Any]) -> VoiceprintDecision:

@@ -14,15 +14,18 @@ from ivr.api.auth import allow
 from ivr.api.calls import calls_router
 from ivr.api.console import console_router
 from ivr.api.errors import error_body, install_error_handlers
+from ivr.api.guard import RequestGuard, api_router
 from ivr.api.live import live_router
-from ivr.api.routing import rules_router
+from ivr.api.routing import IMPORT_PATH, rules_router
 from ivr.api.schemas import ErrorOut, ReadyOut, SimulateIn, SimulateOut
 from ivr.api.services import ApiServices
 from ivr.api.tokens import tokens_router
 from ivr.api.voiceprint import voiceprint_router
+from ivr.auth.throttle import FailureThrottle, Throttle
 from ivr.auth.tokens import Principal
 from ivr.health import Readiness
 from ivr.metrics import CONTENT_TYPE
+from ivr.routing.manage import MAX_EXPORT_BYTES
 from ivr.routing.rule_schema import INTENTS
 from ivr.routing.rules import rule_to_dict
 
@@ -31,7 +34,7 @@ __all__ = ["ApiServices", "create_app", "error_body"]
 
 def simulate_router(services: ApiServices) -> APIRouter:
     """``POST /routing/simulate``."""
-    router = APIRouter(prefix="/api/v1", tags=["routing"])
+    router = api_router(prefix="/api/v1", tags=["routing"])
 
     @router.post("/routing/simulate", response_model=SimulateOut)
     async def simulate(
@@ -64,11 +67,21 @@ def create_app(services: ApiServices | Readiness) -> FastAPI:
         code: {"model": ErrorOut, "description": text} for code, text in (
             (401, "no token, or an unknown, expired or revoked one"),
             (403, "the token's role may not do this"), (404, "not found"),
+            (413, "the body is over the size limit (security.max_body_bytes)"),
+            (429, "too many failed authentications from this address; see Retry-After"),
             (422, "invalid request; details name the fields"),
             (503, "a component this endpoint needs is not running"))}
+    security = services.security
     app = FastAPI(title="Hotline IVR", version="0.1.0", openapi_url="/openapi.json",
-                  responses=errors)
+                  docs_url="/docs" if security.api_docs else None,
+                  redoc_url="/redoc" if security.api_docs else None, responses=errors)
     app.state.tokens = services.tokens
+    app.state.security = security
+    if services.tokens is not None:
+        app.state.auth_failures = FailureThrottle(Throttle(services.tokens.engine),
+                                                  security.auth_failures, security.auth_window_s)
+    app.add_middleware(RequestGuard, security=security,
+                       limits={IMPORT_PATH: MAX_EXPORT_BYTES})
     install_error_handlers(app)
 
     @app.get("/api/v1/health", tags=["status"], responses={503: {"description": "broken"}})

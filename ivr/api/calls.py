@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 
 from ivr.api.auth import allow
+from ivr.api.guard import api_router
 from ivr.api.schemas import (
     CallDetailOut,
     CallEventOut,
@@ -70,7 +71,7 @@ def masked_data(data: dict[str, Any]) -> dict[str, Any]:
 
 def calls_router(services: ApiServices) -> APIRouter:
     """``/calls`` endpoints and the development outbox."""
-    router = APIRouter(prefix="/api/v1", tags=["calls"])
+    router = api_router(prefix="/api/v1", tags=["calls"])
     privacy = services.privacy
 
     async def clear_view(principal: Principal, unredacted: bool, resource: str) -> bool:
@@ -87,7 +88,9 @@ def calls_router(services: ApiServices) -> APIRouter:
     async def visible_call(call_id: str, principal: Principal) -> StoredCall:
         call = await asyncio.to_thread(services.need_store().get_call, call_id)
         # Agents only see their own calls; to them another call does not exist.
-        if call is None or (principal.role == "agent" and call.agent_id != principal.name):
+        mine = principal.agent_id is not None and call is not None \
+            and call.agent_id == principal.agent_id
+        if call is None or (principal.role == "agent" and not mine):
             raise HTTPException(404, f"no call {call_id!r}")
         return call
 

@@ -4,7 +4,11 @@ Protocol (JSON text frames):
 
 - The client authenticates with an ``Authorization: Bearer`` header or, from a browser, with a
   first message ``{"type": "auth", "token": ..., "last_seq": N, "epoch": E}`` (``last_seq`` and
-  ``epoch`` only when resuming). Bad or missing token: close code 4401; wrong role: 4403.
+  ``epoch`` only when resuming; at most 4 KiB and 4 levels deep). Bad or missing token: close
+  code 4401; wrong role: 4403; a malformed auth message: 4400; a source over its
+  failed-authentication limit: 4429.
+- The token is re-checked while the socket is open (every ``security.live_recheck_s``, and at
+  its expiry): a revoked or expired token closes the socket with 1008 (policy violation).
 - New client, or one whose events are no longer kept: ``{"type": "snapshot", "seq", "epoch",
   "calls", "agents", "waiting"}`` then every event after ``seq``.
 - Resuming client: the events it missed (``seq`` > ``last_seq``), then live ones.
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Coroutine
 from typing import Any
 
@@ -27,8 +30,9 @@ import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import HTTPException
 
-from ivr.api.auth import authenticate, token_store
+from ivr.api.auth import authenticate, client_source, token_store
 from ivr.api.calls import mask_number, masked_data
+from ivr.api.guard import MessageRefused, bounded_json
 from ivr.api.services import ApiServices
 from ivr.auth.tokens import Principal
 from ivr.bus import BusEvent, EventBus
@@ -36,6 +40,9 @@ from ivr.redaction import redact
 
 LIVE_ROLES = ("admin", "supervisor")
 AUTH_TIMEOUT_S = 5.0
+AUTH_MAX_CHARS = 4096  # a token is about 100 characters
+AUTH_MAX_DEPTH = 4
+POLICY_VIOLATION = 1008
 
 
 def redact_event(kind: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -68,7 +75,12 @@ def live_router(services: ApiServices) -> APIRouter:
         try:
             principal, hello = await _authenticate(websocket)
         except HTTPException as exc:
-            await websocket.close(4401 if exc.status_code == 401 else 4403, str(exc.detail))
+            code = {401: 4401, 429: 4429}.get(exc.status_code, 4403)
+            await websocket.close(code, str(exc.detail)[:120])
+            return
+        except MessageRefused as exc:
+            with contextlib.suppress(RuntimeError):
+                await websocket.close(4400, f"auth message refused: {exc}"[:120])
             return
         except (WebSocketDisconnect, ValueError, TimeoutError):
             with contextlib.suppress(RuntimeError):
@@ -81,12 +93,31 @@ def live_router(services: ApiServices) -> APIRouter:
             await websocket.close(1011, "no live events in this process")
             return
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-            await _until_gone(websocket, _stream(websocket, services, bus, hello))
+            await _until_gone(websocket, _stream(websocket, services, bus, hello),
+                              _token_watch(websocket, services, principal))
 
     return router
 
 
-async def _until_gone(websocket: WebSocket, stream: Coroutine[Any, Any, None]) -> None:
+async def _token_watch(websocket: WebSocket, services: ApiServices, principal: Principal
+                       ) -> None:
+    """Return (ending the socket) once the token is revoked or expired, after closing 1008."""
+    tokens = services.tokens
+    if tokens is None:
+        await asyncio.Event().wait()
+        return
+    every = services.security.live_recheck_s
+    while True:
+        await asyncio.sleep(every)
+        still = await asyncio.to_thread(tokens.still_valid, principal.token_id)
+        if still is not None:
+            break
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+        await websocket.close(POLICY_VIOLATION, f"token {still}")
+
+
+async def _until_gone(websocket: WebSocket, stream: Coroutine[Any, Any, None],
+                      watch_token: Coroutine[Any, Any, None]) -> None:
     """Run ``stream`` until it ends or the client goes away.
 
     The stream only sends, so without a reader a closed connection would be noticed at the next
@@ -105,8 +136,13 @@ async def _until_gone(websocket: WebSocket, stream: Coroutine[Any, Any, None]) -
                 await _until_disconnect(websocket)
             group.cancel_scope.cancel()
 
+        async def check_token() -> None:
+            await watch_token
+            group.cancel_scope.cancel()
+
         group.start_soon(send_all)
         group.start_soon(watch)
+        group.start_soon(check_token)
 
 
 async def _until_disconnect(websocket: WebSocket) -> None:
@@ -123,11 +159,13 @@ async def _authenticate(websocket: WebSocket) -> tuple[Principal, dict[str, Any]
         token = header[7:].strip()
     else:
         text = await asyncio.wait_for(websocket.receive_text(), AUTH_TIMEOUT_S)
-        hello = json.loads(text)
+        hello = bounded_json(text, AUTH_MAX_CHARS, AUTH_MAX_DEPTH)
         if not isinstance(hello, dict) or hello.get("type") != "auth":
             raise ValueError("first message must be an auth message")
         token = str(hello.get("token") or "")
-    principal = await authenticate(token_store(websocket), token)  # type: ignore[arg-type]
+    failures = getattr(websocket.app.state, "auth_failures", None)
+    principal = await authenticate(token_store(websocket), token,  # type: ignore[arg-type]
+                                   client_source(websocket.scope), failures)
     return principal, hello
 
 

@@ -5,25 +5,26 @@ set, need ``If-Match`` with the ETag that was read: absent is 428, stale is 412 
 the current ETag); a body that could never be stored is 422 even when the ETag is stale.
 Validation errors are 422 with ``details[].loc`` naming the field, e.g.
 ``["body", "then", "target_region"]`` or, for an import, ``["body", "rules", 2, "then", "skill"]``.
-Request bodies over 1 MiB are refused with 413 before they are read into memory.
+Request bodies over ``security.max_body_bytes`` (1 MiB) are refused with 413 before they are
+read; an import may be as large as the largest export (``MAX_EXPORT_BYTES``, 4 MiB), and every
+write keeps the set within MAX_RULES rules and that export size (else 409), so an export always
+imports back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
-from starlette.responses import JSONResponse
-from starlette.types import Message
 
 from ivr.api.auth import Admin, Supervising
-from ivr.api.errors import error_body, field_error
+from ivr.api.errors import field_error
+from ivr.api.guard import api_router
 from ivr.api.schemas import ErrorOut
 from ivr.api.services import ApiServices
 from ivr.errors import RuleError
@@ -34,12 +35,13 @@ from ivr.routing.manage import (
     RuleChange,
     RuleExists,
     RuleNotFound,
+    RuleSetFull,
     StoredRule,
 )
 from ivr.routing.rule_schema import MAX_RULES, RuleBody, RuleIn
 from ivr.routing.service import RoutingService
 
-MAX_BODY_BYTES = 1 << 20
+IMPORT_PATH = "/api/v1/routing/rules/import"
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/plain")
 _LOC_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 T = TypeVar("T")
@@ -115,9 +117,11 @@ _DESCRIPTIONS = {
     400: "The body is not parseable JSON", 401: "No valid bearer token",
     403: "The token's role may not do this", 404: "Not found (no rule with this id)",
     405: "The path is one beside the rule ids (history, export, import), without this method",
-    409: "A rule with this id exists", 412: "If-Match does not name the current ETag",
-    413: "The body is over 1 MiB", 415: "The body is not YAML or plain text",
+    409: "A rule with this id exists, or the set would pass its limits (rules, export size)",
+    412: "If-Match does not name the current ETag",
+    413: "The body is over the size limit (an import: the largest export)", 415: "The body is not YAML or plain text",
     422: "Invalid input; details[].loc names the field", 428: "If-Match is required",
+    429: "Too many failed authentications from this address; see Retry-After",
     503: "Routing is not available in this process",
 }
 _RULE_DOCUMENT: dict[str, Any] = {  # what export writes and import reads, as YAML
@@ -155,40 +159,6 @@ def _errors(*codes: int, beside: str | None = None) -> dict[int | str, dict[str,
     return out
 
 
-def _too_large() -> Response:
-    return JSONResponse(error_body(413, f"the body is over {MAX_BODY_BYTES} bytes"), 413)
-
-
-class CappedBodyRoute(APIRoute):
-    """A route that refuses bodies over ``MAX_BODY_BYTES`` with 413 before parsing them."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        """The normal handler behind a size check on the streamed body."""
-        handler = super().get_route_handler()
-
-        async def capped(request: Request) -> Response:
-            declared = request.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-                return _too_large()
-            body = bytearray()
-            async for chunk in request.stream():
-                body.extend(chunk)
-                if len(body) > MAX_BODY_BYTES:
-                    return _too_large()
-            replayed = False
-
-            async def receive() -> Message:
-                nonlocal replayed
-                if replayed:  # after the body: whatever the server says next (disconnect)
-                    return await request.receive()
-                replayed = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-            return await handler(Request(request.scope, receive))
-
-        return capped
-
-
 def _loc(field: str) -> tuple[str | int, ...]:
     """A RuleError path ("rules[2].then.skill") as a validation location under the body."""
     parts: list[str | int] = ["body"]
@@ -219,7 +189,7 @@ async def _call(fn: Callable[..., T], *args: Any) -> T:
         raise field_error(_loc(exc.field), exc.message) from exc
     except RuleNotFound as exc:
         raise HTTPException(404, str(exc)) from exc
-    except RuleExists as exc:
+    except (RuleExists, RuleSetFull) as exc:
         raise HTTPException(409, str(exc)) from exc
     except PreconditionRequired as exc:
         raise HTTPException(428, str(exc)) from exc
@@ -235,7 +205,7 @@ def _rule_body(body: RuleIn) -> dict[str, Any]:
 
 def rules_router(services: ApiServices) -> APIRouter:
     """CRUD, history, export and import of the routing rules."""
-    router = APIRouter(prefix="/api/v1/routing", tags=["routing"], route_class=CappedBodyRoute)
+    router = api_router(prefix="/api/v1/routing", tags=["routing"])
     built: list[tuple[RoutingService, RuleBook]] = []
 
     def book() -> RuleBook:
@@ -279,16 +249,18 @@ def rules_router(services: ApiServices) -> APIRouter:
     @router.get("/rules/export", response_class=YamlResponse,
                 responses={200: {"headers": _ETAG_HEADER, "content": {
                     YamlResponse.media_type: {"schema": _RULE_DOCUMENT}}},
-                           # 404 and 422 too: the app documents them for every route, and
-                           # in this route's media type unless told otherwise.
-                           **_errors(404, 422, *_READ, beside=YamlResponse.media_type)})
+                           # 404, 413, 422 and 429 too: the app documents them for every
+                           # route, and in this route's media type unless told otherwise.
+                           **_errors(404, 413, 422, 429, *_READ,
+                                     beside=YamlResponse.media_type)})
     async def export_rules(_: Supervising) -> YamlResponse:
         """The whole set as YAML, as import (and ``routing.rules_file``) reads it."""
         text, etag = await _call(book().export_yaml)
         return YamlResponse(text, headers={"ETag": etag})
 
     @router.post("/rules/import", response_model=ImportOut,
-                 responses={200: {"headers": _ETAG_HEADER}, **_errors(412, 415, 428, *_WRITE)},
+                 responses={200: {"headers": _ETAG_HEADER},
+                            **_errors(409, 412, 415, 428, *_WRITE)},
                  openapi_extra={"requestBody": {"required": True, "content": {
                      media: {"schema": _IMPORT_DOCUMENT if "yaml" in media else {
                          "type": "string", "description": "the YAML document as text"}}
@@ -336,7 +308,7 @@ def rules_router(services: ApiServices) -> APIRouter:
 
     @router.put("/rules/{rule_id}", response_model=RuleOut,
                 responses={200: {"headers": _ETAG_HEADER},
-                           **_errors(400, 404, 405, 412, 428, *_WRITE)})
+                           **_errors(400, 404, 405, 409, 412, 428, *_WRITE)})
     async def replace_rule(
         rule_id: str, body: RuleIn, principal: Admin, response: Response,
         if_match: Annotated[str | None, Header(description="the ETag of the rule")] = None,

@@ -12,7 +12,7 @@ from ivr.auth.tokens import TokenStore
 from ivr.bus import EventBus
 from ivr.health import Readiness
 from ivr.routing.service import RoutingService
-from ivr.settings import PrivacySettings
+from ivr.settings import PrivacySettings, SecuritySettings
 from ivr.store.repository import Store
 from ivr.verification.codes import AccountDirectory, OutboxSender
 
@@ -31,6 +31,7 @@ class ApiServices:
     outbox: OutboxSender | None = None  # the development code sender's messages
     tokens: TokenStore | None = None
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)  # type: ignore[arg-type]
     accounts: AccountDirectory | None = None
     voiceprint: VoiceprintService | None = None
     bus: EventBus | None = None

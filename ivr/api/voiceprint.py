@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ivr.api.auth import Security
 from ivr.api.errors import field_error
+from ivr.api.guard import api_router
 from ivr.api.services import ApiServices
 from voiceprint.audit import DecisionRecord
 from voiceprint.audit_store import records_to_csv
@@ -120,14 +121,15 @@ def _out(record: DecisionRecord) -> AttemptOut:
 
 def voiceprint_router(services: ApiServices) -> APIRouter:
     """The security team's endpoints."""
-    router = APIRouter(prefix="/api/v1/voiceprint", tags=["voiceprint"])
+    router = api_router(prefix="/api/v1/voiceprint", tags=["voiceprint"])
 
     @router.get("/attempts", response_model=AttemptPage,
                 responses={200: {"content": {"text/csv": {}}}})
     async def attempts(
         _: Security, account_id: str | None = None, call_id: str | None = None,
         decision: str | None = None, replay: bool | None = None,
-        kind: Literal["decision", "enrollment", "lockout", "note", "deletion"] | None = None,
+        kind: Literal["decision", "enrollment", "lockout", "note", "deletion",
+                      "challenge"] | None = None,
         since: datetime | None = None, until: datetime | None = None,
         limit: Annotated[int, Query(ge=1, le=5000)] = 200,
         offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import unicodedata
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,12 +18,41 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal, get_args
 
 from sqlalchemy import Engine, select
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
 
-from ivr.store.models import ApiTokenRow, DataAccessRow
+from ivr.store.models import AgentRow, ApiTokenRow, DataAccessRow
 
 Role = Literal["admin", "supervisor", "security", "agent"]
 ROLES: tuple[Role, ...] = get_args(Role)
+MAX_NAME_CHARS = 128
+# Unicode categories a token name may not hold: controls (NUL...), format characters
+# (right-to-left override, zero-width joiners), surrogates, private use, unassigned, line and
+# paragraph separators. Names appear in listings, history and audit records: what an operator
+# reads there must be what is stored.
+_HIDDEN = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+class TokenRefused(ValueError):
+    """A token that cannot be issued as asked (the message says why)."""
+
+
+class AgentTokenExists(TokenRefused):
+    """The agent already has a live token: revoke it first."""
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is printable text of at most 128 characters, else :class:`TokenRefused`."""
+    if len(name) > MAX_NAME_CHARS:
+        raise TokenRefused(f"a token name has at most {MAX_NAME_CHARS} characters")
+    for index, char in enumerate(name):
+        category = unicodedata.category(char)
+        if category in _HIDDEN or (category == "Zs" and char != " "):
+            raise TokenRefused(f"the name holds a character that does not print "
+                               f"(U+{ord(char):04X} at {index}); use printable text")
+    if name != name.strip():
+        raise TokenRefused("the name starts or ends with a space")
+    return name
 
 
 @dataclass(frozen=True)
@@ -32,6 +62,7 @@ class Principal:
     token_id: str
     role: Role
     name: str
+    agent_id: str | None = None  # agent tokens: the agent record they act for
 
     @property
     def label(self) -> str:
@@ -49,6 +80,7 @@ class TokenInfo:
     created_at: datetime
     expires_at: datetime
     revoked_at: datetime | None
+    agent_id: str | None = None
 
 
 def _hash(token: str) -> str:
@@ -64,21 +96,53 @@ class TokenStore:
         self.clock = clock
         self._session = sessionmaker(engine, expire_on_commit=False)
 
-    def create(self, role: str, name: str = "", ttl: timedelta = timedelta(days=30)
-               ) -> tuple[str, TokenInfo]:
-        """A new token (returned once, in clear) and its listing."""
+    def create(self, role: str, name: str = "", ttl: timedelta = timedelta(days=30),
+               agent_id: str | None = None) -> tuple[str, TokenInfo]:
+        """A new token (returned once, in clear) and its listing.
+
+        An agent token acts for one agent record (``agent_id``, which must exist); an agent has
+        at most one live token at a time (:class:`AgentTokenExists`: revoke the old one first).
+        Other roles take no ``agent_id``. Names are printable text (:func:`check_name`).
+        """
         if role not in ROLES:
-            raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+            raise TokenRefused(f"unknown role {role!r}; one of {', '.join(ROLES)}")
         if ttl <= timedelta(0):
-            raise ValueError("a token must live for some time")
+            raise TokenRefused("a token must live for some time")
+        check_name(name)
+        if role == "agent" and not agent_id:
+            raise TokenRefused("an agent token needs the agent it acts for (agent_id)")
+        if role != "agent" and agent_id:
+            raise TokenRefused(f"only agent tokens act for an agent; a {role} token has no "
+                               "agent_id")
         token_id = uuid.uuid4().hex
         token = f"ivr_{token_id}_{secrets.token_urlsafe(32)}"
         now = self.clock()
         row = ApiTokenRow(id=token_id, token_hash=_hash(token), role=role,
-                          name=name or role, created_at=now, expires_at=now + ttl)
-        with self._session.begin() as session:
-            session.add(row)
+                          name=name or agent_id or role, created_at=now, expires_at=now + ttl,
+                          agent_id=agent_id)
+        try:
+            with self._session.begin() as session:
+                if agent_id:
+                    self._clear_for(session, agent_id, now)
+                session.add(row)
+        except IntegrityError as exc:  # another request made one in between (unique index)
+            raise AgentTokenExists(f"agent {agent_id!r} already has a live token; revoke it "
+                                   "first") from exc
         return token, _info(row)
+
+    @staticmethod
+    def _clear_for(session: Session, agent_id: str, now: datetime) -> None:
+        """Refuse a second live token for ``agent_id``; an expired one is marked revoked (at
+        its expiry) so that the unique index of unrevoked agent tokens lets the new one in."""
+        if session.get(AgentRow, agent_id) is None:
+            raise TokenRefused(f"no agent {agent_id!r}")
+        for old in session.scalars(select(ApiTokenRow).where(
+                ApiTokenRow.agent_id == agent_id, ApiTokenRow.revoked_at.is_(None))):
+            if old.expires_at > now:
+                raise AgentTokenExists(f"agent {agent_id!r} already has a live token "
+                                       f"({old.id}); revoke it first")
+            old.revoked_at = old.expires_at
+        session.flush()
 
     def check(self, token: str) -> Principal | None:
         """The principal of a valid token; None if unknown, expired or revoked."""
@@ -90,7 +154,20 @@ class TokenStore:
             return None
         if row.revoked_at is not None or row.expires_at <= self.clock():
             return None
-        return Principal(row.id, row.role, row.name)  # type: ignore[arg-type]
+        return Principal(row.id, row.role, row.name, row.agent_id)  # type: ignore[arg-type]
+
+    def still_valid(self, token_id: str) -> str | None:
+        """None while the token ``token_id`` is usable; else why not ("revoked", "expired",
+        "deleted"): what an open live socket checks now and then."""
+        with self._session() as session:
+            row = session.get(ApiTokenRow, token_id)
+        if row is None:
+            return "deleted"
+        if row.revoked_at is not None:
+            return "revoked"
+        if row.expires_at <= self.clock():
+            return "expired"
+        return None
 
     def revoke(self, token_id: str) -> bool:
         """Revoke a token by id; False if there is no such token."""
@@ -124,4 +201,4 @@ class TokenStore:
 
 def _info(row: ApiTokenRow) -> TokenInfo:
     return TokenInfo(row.id, row.role, row.name, row.created_at,  # type: ignore[arg-type]
-                     row.expires_at, row.revoked_at)
+                     row.expires_at, row.revoked_at, row.agent_id)

@@ -14,6 +14,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ivr.auth.throttle import Limited
 from ivr.flow.session import CallSession
 from ivr.flow.voice import VerifyVoice
 
@@ -38,7 +39,15 @@ class VerifyCode:
         if account is None:
             await self._done(s, {"tier1": "no_account", "decision": "none"})
             return self.then
-        code_id = await asyncio.to_thread(services.codes.issue, account, s.call_id)
+        try:
+            code_id = await asyncio.to_thread(services.codes.issue, account, s.call_id)
+        except Limited as exc:
+            # Too many codes for this account lately: no SMS; a person (tier 3) decides.
+            await s.record("code_rate_limited", {"account_id": account.id,
+                                                 "retry_after_s": exc.retry_after_s})
+            await self._done(s, {"account_id": account.id, "tier1": "rate_limited",
+                                 "decision": "none"})
+            return self.then
         result: dict[str, Any] = {"account_id": account.id, "tier1": "sent"}
         await s.record("code_sent", {"account_id": account.id}, state=self.name,
                        verification=result)

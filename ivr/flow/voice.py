@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from asr.numbers import DIGIT_PROMPTS, spoken_digits
+from ivr.auth.throttle import Limited, Throttle
 from ivr.flow.events import Dtmf, SpeechStarted, Spoken
 from ivr.flow.session import CallSession
 from ivr.settings import VoiceprintSettings
@@ -42,10 +43,26 @@ _EARLY_START_S = 1.0
 
 @dataclass
 class VoiceTier:
-    """What tier 2 needs in the flow: the service and its settings."""
+    """What tier 2 needs in the flow: the service, its settings, and the per-account limit on
+    verification attempts (each challenge asked counts; None: unlimited)."""
 
     service: VoiceprintService
     settings: VoiceprintSettings
+    attempts: AttemptLimit | None = None
+
+
+@dataclass
+class AttemptLimit:
+    """At most ``limit`` voice challenges per account in ``window_s`` (in the database)."""
+
+    throttle: Throttle
+    limit: int
+    window_s: int
+
+    def take(self, account_id: str) -> None:
+        """Count one attempt; :class:`Limited` past the limit."""
+        self.throttle.take(f"voice:{account_id}", self.limit, self.window_s,
+                           "voice verification attempts for this account")
 
 
 async def hear_answer(s: CallSession, asked_at: float, within_s: float) -> Spoken | None:
@@ -112,11 +129,23 @@ class VerifyVoice:
         await s.record("state", {"state": self.name}, state=self.name)
         verdict: dict[str, Any] = {"tier2": "no_answer", "decision": "uncertain"}
         for attempt in range(1, settings.challenge_attempts + 1):
+            if tier.attempts is not None:
+                try:
+                    await asyncio.to_thread(tier.attempts.take, self.account_id)
+                except Limited as exc:
+                    await s.record("voice_rate_limited", {"attempt": attempt,
+                                                          "retry_after_s": exc.retry_after_s})
+                    verdict = {"tier2": "rate_limited", "decision": "none"}
+                    break
             digits = "".join(secrets.choice("0123456789")
                              for _ in range(settings.challenge_digits))
-            # The digits are no secret once spoken to the caller; their value is that nobody
-            # could know them before the call (so a recording cannot say them).
-            await s.record("voice_challenge", {"attempt": attempt, "challenge": digits})
+            # Their value is that nobody could know them before the call (so a recording
+            # cannot say them). They go to the security log only, never to the call's events
+            # that supervisors watch.
+            await asyncio.to_thread(service.log_challenge, self.account_id, digits,
+                                    call_id=s.call_id, caller_number=s.call.caller_number,
+                                    attempt=attempt)
+            await s.record("voice_challenge", {"attempt": attempt})
             intro = "voice_challenge" if attempt == 1 else "voice_retry"
             expect_digits(s, settings.answer_hangover_ms)
             try:
@@ -136,13 +165,12 @@ class VerifyVoice:
                 call_id=s.call_id, caller_number=s.call.caller_number,
                 challenge_expected=digits, challenge_heard=heard,
                 tier_results={"tier1": self.result.get("tier1"), "attempt": attempt})
+            # What was asked and heard is in the audit record (audit_seq), not on the call.
             verdict = {"tier2": decision.decision, "tier2_reason": decision.reason,
-                       "challenge_expected": digits, "challenge_heard": heard,
                        "raw_score": decision.raw_score, "norm_score": decision.norm_score,
                        "replay": decision.replay, "audit_seq": decision.record.seq,
                        "decision": _overall(decision.decision)}
-            await s.record("voice_decision", {k: v for k, v in verdict.items()
-                                              if k != "challenge_expected"})
+            await s.record("voice_decision", verdict)
             # A misheard challenge or a poor sample deserves one more go; a mismatch does not.
             retry = decision.decision in ("reject", "uncertain") and not decision.replay and (
                 decision.reason.startswith("challenge") or decision.reason.startswith("sample"))

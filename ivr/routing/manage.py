@@ -54,6 +54,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ivr.errors import IvrError, RuleError
 from ivr.routing.rule_schema import (
     INTENTS,
+    MAX_RULES,
     RuleIn,
     as_mapping,
     child,
@@ -78,6 +79,9 @@ from ivr.store.repository import utcnow
 ChangeAction = Literal["create", "update", "delete", "import"]
 
 _BY_CHARS = {"updated_by": 64, "by": 128}  # column widths in ivr.store.models
+# The largest export: every write (create, replace, import) keeps the set's export within it,
+# and an import accepts a body this large, so an export always imports back.
+MAX_EXPORT_BYTES = 4 << 20
 _ENTITY_TAG = re.compile(r'\s*(W/)?("[^"]*")\s*(?:,|$)')
 
 
@@ -99,6 +103,10 @@ class RuleExists(RuleBookError):
     def __init__(self, rule_id: str) -> None:
         super().__init__(f"a rule '{rule_id}' already exists")
         self.rule_id = rule_id
+
+
+class RuleSetFull(RuleBookError):
+    """The write would take the set past MAX_RULES rules or MAX_EXPORT_BYTES of export."""
 
 
 class PreconditionRequired(RuleBookError):
@@ -313,11 +321,24 @@ class RuleBook:
     def export_yaml(self) -> tuple[str, str]:
         """The whole set as YAML (what import_yaml and rules_file read) and its ETag."""
         current = self.rule_set()
+        return self._export_text([r.body for r in current.rules]), current.etag
+
+    def _export_text(self, bodies: Sequence[Mapping[str, Any]]) -> str:
         zone = self.routing.calendar.timezone.key
         header = (f"# Hotline routing rules. Times are local to {zone} (routing.timezone);\n"
                   "# the first enabled rule that matches, by position, decides.\n")
         # Stored bodies are already in rule_to_dict form, so this is what rules_to_yaml writes.
-        return header + dump_yaml({"rules": [r.body for r in current.rules]}), current.etag
+        return header + dump_yaml({"rules": list(bodies)})
+
+    def _check_bounds(self, bodies: Sequence[Mapping[str, Any]]) -> None:
+        """RuleSetFull unless the set of ``bodies`` is one an export and import can carry."""
+        if len(bodies) > MAX_RULES:
+            raise RuleSetFull(f"the rule set would hold {len(bodies)} rules; at most "
+                              f"{MAX_RULES} (the same limit as an import); delete some first")
+        size = len(self._export_text(bodies).encode())
+        if size > MAX_EXPORT_BYTES:
+            raise RuleSetFull(f"the rule set would export to {size} bytes, over the "
+                              f"{MAX_EXPORT_BYTES} an import accepts; shorten or merge rules")
 
     # ---- validation ----------------------------------------------------------------------
 
@@ -359,6 +380,7 @@ class RuleBook:
             rule_id = str(normalized["id"])
             if rule_id in taken:
                 raise RuleExists(rule_id)
+            self._check_bounds([*(r.body for r in rows), normalized])
             stored = self._insert(session, normalized, by, "create")
             try:
                 session.flush()
@@ -390,6 +412,7 @@ class RuleBook:
             self._check_match(current.etag, tags, f"rule '{rule_id}'")
             if normalized == current.body:
                 return current  # nothing to record; the version stays
+            self._check_bounds([normalized if r.id == rule_id else r.body for r in rows])
             return self._update(session, current, normalized, by, "update")
 
     @_refreshes
@@ -415,6 +438,7 @@ class RuleBook:
             rows = self._rows(session)
             current = {r.id: _stored(r) for r in rows}
             wanted = self._validate_document(text, self._skills_in(rows))
+            self._check_bounds(wanted)
             self._check_match(set_etag((r.id, r.version) for r in rows), tags, "the rule set")
             created: list[str] = []
             updated: list[str] = []

@@ -335,11 +335,47 @@ def unique_id(base: str, taken: typing.AbstractSet[str]) -> str:
     return candidate
 
 
+# What aliases may add to a document, in nodes: plenty for ``open_hours: *staffed`` reused by
+# every rule, nothing like the "billion laughs" (a few hundred bytes of nested aliases that
+# expand to gigabytes when the data is walked).
+MAX_ALIAS_NODES = 100_000
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """Safe YAML whose aliases may add at most MAX_ALIAS_NODES nodes once expanded."""
+
+    def compose_document(self) -> Any:
+        """The document's node graph, refused when expanding its aliases would pass the
+        bound (counted over the graph with each shared node counted once per use)."""
+        node = super().compose_document()  # type: ignore[no-untyped-call]
+        sizes: dict[int, int] = {}
+        distinct: set[int] = set()
+
+        def expanded(current: yaml.Node) -> int:
+            known = sizes.get(id(current))
+            if known is not None:
+                return known
+            distinct.add(id(current))
+            total = 1
+            if isinstance(current, yaml.SequenceNode):
+                total += sum(expanded(child) for child in current.value)
+            elif isinstance(current, yaml.MappingNode):
+                total += sum(expanded(key) + expanded(value) for key, value in current.value)
+            sizes[id(current)] = total
+            return total
+
+        if node is not None and expanded(node) - len(distinct) > MAX_ALIAS_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*name) expand the document by more than "
+                f"{MAX_ALIAS_NODES} nodes; write the values out", node.start_mark)
+        return node
+
+
 def load_yaml(text: str) -> Any:
-    """Parse YAML safely; anything unreadable becomes RuleError naming the whole document
-    (syntax errors with the line number)."""
+    """Parse YAML safely, with bounded aliases; anything unreadable becomes RuleError naming
+    the whole document (syntax errors with the line number)."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -22,10 +22,14 @@ def sqlite_url(data_dir: Path) -> str:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine; SQLite gets WAL, synchronous=FULL (durable on commit) and foreign keys."""
+    """An engine; SQLite gets WAL, synchronous=FULL (durable on commit) and foreign keys.
+
+    Statement parameters are hidden from SQLAlchemy's exception text: they hold caller numbers,
+    digits and transcripts, and exceptions end up in logs."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False,
-                                                     "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_engine(url, hide_parameters=True,
+                               connect_args={"check_same_thread": False,
+                                             "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -43,7 +47,7 @@ def make_engine(url: str) -> Engine:
             # Caller numbers live here: readable by the service user only.
             os.chmod(path, 0o600)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
 def migrate(engine: Engine) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ivr.store.types import UtcDateTime
@@ -178,6 +178,24 @@ class ApiTokenRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # Agent tokens: the agent record (``agents.id``) the token acts for; None for other roles.
+    # At most one unrevoked token per agent (an expired one is marked revoked when replaced).
+    agent_id: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ux_api_tokens_live_agent", "agent_id", unique=True,
+                            sqlite_where=text("revoked_at IS NULL AND agent_id IS NOT NULL"),
+                            postgresql_where=text("revoked_at IS NULL AND agent_id IS NOT NULL")),)
+
+
+class RateLimitRow(Base):
+    """One fixed window of a throttle: how often ``key`` was counted since ``window_start``
+    (a unix second). In the database so that every process of the service sees one count."""
+
+    __tablename__ = "rate_limits"
+
+    key: Mapped[str] = mapped_column(String(96), primary_key=True)
+    window_start: Mapped[int] = mapped_column(Integer, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class RuleChangeRow(Base):

@@ -19,6 +19,7 @@ from typing import Literal, Protocol
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import sessionmaker
 
+from ivr.auth.throttle import Throttle
 from ivr.store.models import AccountRow, OneTimeCodeRow, OutboxRow
 
 CheckReason = Literal["ok", "wrong", "expired", "too_many_attempts", "unknown"]
@@ -50,6 +51,10 @@ class CodeOptions:
     digits: int = 6
     ttl_s: float = 300.0
     max_attempts: int = 3
+    # Codes sent per account per window (an SMS costs money and floods the customer's phone):
+    # past it, issue raises ivr.auth.throttle.Limited and tier 1 is not run.
+    max_sends: int = 5
+    send_window_s: int = 3600
 
 
 @dataclass(frozen=True)
@@ -152,13 +157,19 @@ class OneTimeCodes:
         self.sender = sender
         self.options = options or CodeOptions()
         self.clock = clock
+        self.throttle = Throttle(engine, lambda: self.clock().timestamp())
 
     @staticmethod
     def _hash(salt: str, code: str) -> str:
         return hashlib.sha256(f"{salt}:{code}".encode()).hexdigest()
 
     def issue(self, account: Account, call_id: str | None) -> str:
-        """Make a code, store its hash, send it to the registered phone; returns the code id."""
+        """Make a code, store its hash, send it to the registered phone; returns the code id.
+
+        :class:`~ivr.auth.throttle.Limited` when the account had ``max_sends`` codes in the
+        window already (counted in the database: every process shares the limit)."""
+        self.throttle.take(f"code:{account.id}", self.options.max_sends,
+                           self.options.send_window_s, "one-time codes for this account")
         code = "".join(secrets.choice("0123456789") for _ in range(self.options.digits))
         salt = secrets.token_hex(16)
         now = self.clock()
