@@ -42,7 +42,7 @@ class WiredApi:
     token_id: str
 
 
-def wired_api(tmp: Path, ecapa: Path) -> WiredApi:
+def wired_api(tmp: Path, ecapa: Path, security: SecuritySettings | None = None) -> WiredApi:
     """Build the app on a fresh SQLite database in ``tmp``."""
     engine = make_engine(sqlite_url(tmp))
     migrate(engine)
@@ -78,6 +78,6 @@ def wired_api(tmp: Path, ecapa: Path) -> WiredApi:
                            metrics=MetricsRecorder(bus),
                            # Role and fuzz tests send many bad tokens from one address; the
                            # throttle has tests of its own.
-                           security=SecuritySettings(auth_failures=100_000))
+                           security=security or SecuritySettings(auth_failures=100_000))
     return WiredApi(create_app(services), services, tokens, call.id, "acct-1", record.seq,
                     spare.id)
