@@ -347,7 +347,7 @@ class _BoundedLoader(yaml.SafeLoader):
     def compose_document(self) -> Any:
         """The document's node graph, refused when expanding its aliases would pass the
         bound (counted over the graph with each shared node counted once per use)."""
-        node = super().compose_document()  # type: ignore[no-untyped-call]
+        node = super().compose_document()
         sizes: dict[int, int] = {}
         distinct: set[int] = set()
 
