@@ -7,6 +7,8 @@ import logging
 import sys
 from typing import Any
 
+from ivr import phone
+
 # Fields that carry personal data; their values are masked before they are written.
 SENSITIVE_FIELDS = frozenset({
     "caller_number", "callback_number", "number", "digits", "dtmf", "transcript", "text",
@@ -16,10 +18,11 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 
 
 def mask_value(value: object) -> str:
-    """Keep enough of a value to correlate (length, first 3 and last 2 characters of numbers)."""
+    """Keep enough of a value to correlate: a phone number in any spelling as
+    :func:`ivr.phone.mask` shows it (first 3 and last 2 digits), other text as its length."""
     text = str(value)
-    if text.isdigit() and len(text) >= 7:
-        return text[:3] + "*" * (len(text) - 5) + text[-2:]
+    if phone.parse(text) is not None or (text.isdigit() and len(text) >= 7):
+        return phone.mask(text) or ""
     return f"<{len(text)} chars masked>"
 
 

@@ -557,3 +557,30 @@ def test_database_errors_never_carry_statement_parameters(tmp_path: Path) -> Non
                                         type(raised.value), raised.value, raised.tb)})
     formatted = JsonFormatter().format(record)
     assert "forced by the test" in formatted and "02112345601" not in formatted
+
+
+def test_numbers_with_a_plus_are_masked_for_supervisors(api: WiredApi) -> None:
+    store, bus = api.services.store, api.services.bus
+    assert store is not None and bus is not None
+    call = store.create_call(channel_id="ch-plus", caller_number="+8613800210000",
+                             dialed_number="4008101111", sip_call_id="sip-plus", region="east",
+                             callback_number="+86 21 1234 5600")
+    client = TestClient(api.app)
+    listed = client.get("/api/v1/calls", headers=_auth(api, "supervisor")).json()["items"]
+    mine = next(c for c in listed if c["call_id"] == call.id)
+    assert mine["caller_number"] == "138******00"
+    assert mine["callback_number"] == "021******00"
+    with client.websocket_connect("/api/v1/live") as ws:
+        ws.send_json({"type": "auth", "token": api.tokens["supervisor"]})
+        assert ws.receive_json()["type"] == "snapshot"
+        bus.publish("call", call.id, {"kind": "callback", "data": {
+            "callback_number": "+8621 1234 5600", "number": "008613800210000"},
+            "call": {"call_id": call.id, "caller_number": "+8613800210000"}})
+        event = ws.receive_json()
+    text_seen = json.dumps(event)
+    assert "13800210000" not in text_seen and "12345600" not in text_seen
+    assert event["data"]["call"]["caller_number"] == "138******00"
+    # Security, in clear and audited: the national form people dial.
+    clear = client.get(f"/api/v1/calls/{call.id}", params={"unredacted": "true"},
+                       headers=_auth(api, "security")).json()
+    assert clear["caller_number"] == "13800210000"

@@ -14,7 +14,6 @@ from ivr.verification.codes import (
     CodeOptions,
     OneTimeCodes,
     OutboxSender,
-    national_digits,
 )
 
 pytestmark = pytest.mark.unit
@@ -41,14 +40,6 @@ def parts(tmp_path: Path) -> tuple[AccountDirectory, OneTimeCodes, OutboxSender,
 def _sent_code(outbox: OutboxSender) -> str:
     body = outbox.messages()[0].body
     return "".join(ch for ch in body.split("code is ")[1].split(".")[0] if ch.isdigit())
-
-
-def test_numbers_are_compared_in_national_form() -> None:
-    assert national_digits("+86 138-0021-0000") == "13800210000"
-    assert national_digits("008613800210000") == "13800210000"
-    assert national_digits("8613800210000") == "13800210000"
-    assert national_digits("+862112345678") == "02112345678"
-    assert national_digits("02112345678") == "02112345678"
 
 
 def test_code_round_trip_and_only_a_hash_is_stored(parts: tuple) -> None:  # type: ignore[type-arg]

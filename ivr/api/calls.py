@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 
+from ivr import phone
 from ivr.api.auth import allow
 from ivr.api.guard import api_router
 from ivr.api.schemas import (
@@ -29,7 +30,6 @@ from ivr.api.schemas import (
 from ivr.api.services import ApiServices
 from ivr.auth.tokens import Principal
 from ivr.errors import MonitorRefused
-from ivr.logs import mask_value
 from ivr.redaction import redact
 from ivr.store.repository import StoredCall
 
@@ -39,15 +39,15 @@ _NUMBER_KEYS = frozenset({"number", "callback_number", "caller_number"})
 
 
 def mask_number(number: str | None) -> str | None:
-    """A phone number as supervisors see it: first 3 and last 2 digits."""
-    if number is None or not number.isdigit() or len(number) < 7:
-        return number
-    return mask_value(number)
+    """A phone number as supervisors see it, in any spelling (``+86...`` too): the national
+    form with only the first 3 and last 2 digits shown (:func:`ivr.phone.mask`)."""
+    return phone.mask(number)
 
 
 def call_out(call: StoredCall, clear: bool = True) -> CallOut:
-    """A stored call in API form (numbers masked unless ``clear``)."""
-    show = (lambda n: n) if clear else mask_number
+    """A stored call in API form (numbers masked unless ``clear``; in clear, the national
+    form people write: ``13800210000``, ``02112345600``, a foreign number in E.164)."""
+    show = phone.national if clear else mask_number
     return CallOut(
         call_id=call.id, sip_call_id=call.sip_call_id,
         caller_number=show(call.caller_number) or "",

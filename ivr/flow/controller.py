@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ivr import phone
 from ivr.ari.client import AriClient
 from ivr.ari.events import (
     AriEvent,
@@ -477,7 +478,7 @@ class HotlineController:
                 log.info("no sip call-id for a new call", extra={"error": str(exc)})
         resolution = self.routing.resolver.resolve(channel.caller_number)
         values: dict[str, Any] = {
-            "channel_id": channel.id, "caller_number": channel.caller_number,
+            "channel_id": channel.id, "caller_number": phone.canonical(channel.caller_number),
             "dialed_number": channel.dialplan_exten, "sip_call_id": sip_call_id,
             "region": resolution.region, "region_source": resolution.source,
             "region_reason": resolution.reason, "province": resolution.province,

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from asr.errors import AsrError
+from ivr import phone
 from ivr.errors import AriError, AriUnavailableError
 from ivr.flow.events import AgentAnswered, AgentGone, CallerInput, Dtmf
 from ivr.flow.session import CallSession
@@ -275,7 +276,7 @@ class RingingAgent:
                 "endpoint": f"PJSIP/{self.agent_id}", "app": ctx.app,
                 "appArgs": f"agent,{s.call_id}", "channelId": channel_id,
                 "timeout": max(1, int(self.plan.ring_timeout_s)),
-                "callerId": s.call.caller_number})
+                "callerId": phone.national(s.call.caller_number)})
         except AriUnavailableError:
             raise
         except AriError as exc:
@@ -361,7 +362,8 @@ class Callback:
             if _CALLBACK_NUMBER.match(digits):
                 region = s.call.route_region or s.call.region
                 await s.ctx.journal.write("callback", functools.partial(
-                    s.ctx.store.add_callback, s.call_id, digits, region, self.reason,
+                    s.ctx.store.add_callback, s.call_id, phone.canonical(digits), region,
+                    self.reason,
                     at=datetime.now(UTC)))
                 await s.play(["callback_confirm", "goodbye"], interruptible=False)
                 return Ended("callback_requested", "system")

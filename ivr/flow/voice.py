@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from asr.numbers import DIGIT_PROMPTS, spoken_digits
+from ivr import phone
 from ivr.auth.throttle import Limited, Throttle
 from ivr.flow.events import Dtmf, SpeechStarted, Spoken
 from ivr.flow.session import CallSession
@@ -143,7 +144,8 @@ class VerifyVoice:
             # cannot say them). They go to the security log only, never to the call's events
             # that supervisors watch.
             await asyncio.to_thread(service.log_challenge, self.account_id, digits,
-                                    call_id=s.call_id, caller_number=s.call.caller_number,
+                                    call_id=s.call_id,
+                                    caller_number=phone.national(s.call.caller_number),
                                     attempt=attempt)
             await s.record("voice_challenge", {"attempt": attempt})
             intro = "voice_challenge" if attempt == 1 else "voice_retry"
@@ -162,7 +164,7 @@ class VerifyVoice:
             heard = spoken_digits(answer.text)
             decision = await asyncio.to_thread(
                 service.verify, self.account_id, pcm16_to_float(answer.pcm),
-                call_id=s.call_id, caller_number=s.call.caller_number,
+                call_id=s.call_id, caller_number=phone.national(s.call.caller_number),
                 challenge_expected=digits, challenge_heard=heard,
                 tier_results={"tier1": self.result.get("tier1"), "attempt": attempt})
             # What was asked and heard is in the audit record (audit_seq), not on the call.

@@ -7,8 +7,6 @@ regions); this module only turns a calling number into a province and looks it u
 from __future__ import annotations
 
 import logging
-import re
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +14,9 @@ from typing import Any, Literal
 
 import phonenumbers
 import yaml
-from phonenumbers import PhoneNumber, PhoneNumberType, geocoder
+from phonenumbers import PhoneNumberType, geocoder
+
+from ivr.phone import dialled_digits, is_withheld, parse_digits, well_formed
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +46,6 @@ _SPELLINGS: tuple[tuple[str, str], ...] = tuple(sorted(
     key=lambda pair: -len(pair[0]),
 ))
 _FULL_NAME = dict(_SPELLINGS)
-
-# What SIP servers put in the user part or the caller-id name when the number is hidden.
-_WITHHELD = frozenset({
-    "anonymous", "unknown", "restricted", "private", "withheld", "unavailable", "blocked",
-})
-_URI_USER = re.compile(r"(?:sips?|tel):([^@;>?]*)", re.IGNORECASE)
-_DIALLED = re.compile(r"\+?[0-9]+")
-_SEPARATORS = re.compile(r"[\s\-.()/]+")
-# Longer than any E.164 number with an international prefix; phonenumbers would refuse anyway.
-_MAX_DIGITS = 20
-
 
 @dataclass(frozen=True)
 class RegionResolution:
@@ -90,41 +79,6 @@ def split_place(description: str) -> tuple[str | None, str | None]:
 def province_full_name(name: str) -> str | None:
     """The full province name for a full or short spelling ("内蒙古" -> "内蒙古自治区")."""
     return _FULL_NAME.get(name.strip())
-
-
-def _dialled_digits(caller_number: str) -> str:
-    """The user part of a caller id without separators ("sip:010-1@host" -> "0101")."""
-    text = unicodedata.normalize("NFKC", caller_number).strip()
-    match = _URI_USER.search(text)
-    if match:
-        text = match.group(1)
-    elif "@" in text:
-        text = text.split("@", 1)[0]
-    return _SEPARATORS.sub("", text.strip().strip("<>\"'"))
-
-
-def _is_withheld(user: str) -> bool:
-    return user == "" or user.lower() in _WITHHELD
-
-
-def _parse(digits: str) -> PhoneNumber | None:
-    """Parse dialled digits as a Chinese caller would send them; None if not a valid number."""
-    if digits.startswith("00"):
-        digits = "+" + digits[2:]  # China's international prefix
-    elif len(digits) == 13 and digits.startswith("86"):
-        # Some carriers send the country code without "+" in front of a mobile number.
-        mobile = _parse_valid("+" + digits)
-        if mobile is not None and phonenumbers.number_type(mobile) == PhoneNumberType.MOBILE:
-            return mobile
-    return _parse_valid(digits)
-
-
-def _parse_valid(digits: str) -> PhoneNumber | None:
-    try:
-        number = phonenumbers.parse(digits, "CN")
-    except phonenumbers.NumberParseException:
-        return None
-    return number if phonenumbers.is_valid_number(number) else None
 
 
 class RegionResolver:
@@ -194,12 +148,12 @@ class RegionResolver:
     def _resolve(self, caller_number: str | None) -> RegionResolution:
         if caller_number is None:
             return self._fallback("withheld number")
-        user = _dialled_digits(caller_number)
-        if _is_withheld(user):
+        user = dialled_digits(caller_number)
+        if is_withheld(user):
             return self._fallback("withheld number")
-        if not _DIALLED.fullmatch(user) or len(user) > _MAX_DIGITS:
+        if not well_formed(user):
             return self._fallback("malformed number")
-        number = _parse(user)
+        number = parse_digits(user)
         if number is None:
             return self._fallback("malformed number")
         e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
+from ivr import phone
 from ivr.routing.region import RegionResolution, RegionResolver
 from ivr.routing.rules import (
     Calendar,
@@ -43,7 +44,7 @@ class RoutingService:
         self.resolver = RegionResolver.from_yaml(settings.regions_file,
                                                  default_region=settings.default_region)
         self.calendar = Calendar(ZoneInfo(settings.timezone), frozenset(settings.holidays))
-        self._vip = frozenset(settings.vip_numbers)
+        self._vip = frozenset(phone.canonical(n) for n in settings.vip_numbers)
         self._lock = threading.Lock()
         self._rules: tuple[Rule, ...] | None = None
         self._stamp: tuple[tuple[str, int], ...] = ()
@@ -79,9 +80,9 @@ class RoutingService:
         return list(self._rules or ())
 
     def is_vip(self, caller_number: str) -> bool:
-        """Whether the number is on the VIP list (compared on digits)."""
-        digits = "".join(ch for ch in caller_number if ch.isdigit())
-        return caller_number in self._vip or digits in self._vip
+        """Whether the number is on the VIP list (both in E.164: ``+86 138...``,
+        ``0086138...`` and ``138...`` are one number)."""
+        return phone.canonical(caller_number) in self._vip
 
     def decide_for(self, caller_number: str, region: str, intent: str, language: str = "zh",
                    verification: str | None = None,

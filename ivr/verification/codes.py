@@ -19,20 +19,11 @@ from typing import Literal, Protocol
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import sessionmaker
 
+from ivr import phone
 from ivr.auth.throttle import Throttle
 from ivr.store.models import AccountRow, OneTimeCodeRow, OutboxRow
 
 CheckReason = Literal["ok", "wrong", "expired", "too_many_attempts", "unknown"]
-
-
-def national_digits(number: str) -> str:
-    """Digits of a Chinese number in national form (``+86 138…`` and ``0086…`` -> ``138…``)."""
-    digits = "".join(ch for ch in number if ch.isdigit())
-    for prefix in ("0086", "86"):
-        if digits.startswith(prefix) and len(digits) - len(prefix) in (11, 10, 9):
-            rest = digits[len(prefix):]
-            return rest if rest.startswith("1") else "0" + rest
-    return digits
 
 
 @dataclass(frozen=True)
@@ -114,10 +105,10 @@ class AccountDirectory:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     def add(self, account_id: str, phone_number: str) -> Account:
-        """Create or update an account."""
-        digits = national_digits(phone_number)
-        if len(digits) < 7:
-            raise ValueError(f"not a phone number: {len(digits)} digits")
+        """Create or update an account; the number is kept in E.164 (any spelling works)."""
+        digits = phone.e164(phone_number)
+        if digits is None:
+            raise ValueError("not a valid phone number")
         with self._sessions() as session, session.begin():
             row = session.get(AccountRow, account_id)
             if row is None:
@@ -136,8 +127,8 @@ class AccountDirectory:
 
     def find_by_number(self, caller_number: str) -> Account | None:
         """The account registered to the calling number, if exactly one is."""
-        digits = national_digits(caller_number)
-        if not digits:
+        digits = phone.e164(caller_number)
+        if digits is None:
             return None
         with self._sessions() as session:
             rows = session.scalars(select(AccountRow).where(
