@@ -211,6 +211,47 @@ def cmd_account(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    """``ivr keys status|rotate``: the field data keys and the master key that wraps them."""
+    from ivr.service import master_key, open_store, previous_master_keys, read_key_file
+    from ivr.store import crypto
+
+    store = open_store(settings)
+    keys = crypto.keys_for(store.engine)
+    if keys is None:
+        raise IvrError("no master key: nothing is sealed (configure voiceprint.master_key_file)")
+    if args.action == "rotate":
+        if args.new_data_key:
+            _print({"new_data_key": keys.new_data_key()}, True)
+        if args.new_key_file:
+            current = master_key(settings)
+            assert current is not None
+            new = read_key_file(Path(args.new_key_file))
+            counts = crypto.rotate_master(store.engine,
+                                          [current, *previous_master_keys(settings)], new)
+            _print({"rewrapped_under": new.key_id, **counts}, True)
+        if not (args.new_data_key or args.new_key_file):
+            raise IvrError("keys rotate needs --new-key-file FILE and/or --new-data-key")
+        return 0
+    from sqlalchemy import select
+
+    from ivr.store.models import DataKeyRow
+
+    with store.engine.connect() as connection:
+        for row in connection.execute(select(DataKeyRow).order_by(DataKeyRow.id)).all():
+            _print({"id": row.id, "purpose": row.purpose, "wrapped_by": row.master_id,
+                    "created_at": row.created_at.isoformat()}, True)
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
+    """``ivr purge``: run the retention job once now (it also runs inside ``ivr serve``)."""
+    from ivr.service import open_store, purge_once
+
+    _print(purge_once(settings, open_store(settings)), True)
+    return 0
+
+
 def _tokens(settings: Settings) -> Any:
     from ivr.auth.tokens import TokenStore
     from ivr.service import open_store
@@ -301,6 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--id", default=None, help="the token id (revoke)")
     token.add_argument("--json", action="store_true")
     token.set_defaults(func=cmd_token)
+
+    keys = sub.add_parser("keys", help="field encryption keys (status, rotation)")
+    keys.add_argument("action", choices=("status", "rotate"))
+    keys.add_argument("--new-key-file", default=None,
+                      help="rotate: re-wrap every data key and template under this master key")
+    keys.add_argument("--new-data-key", action="store_true",
+                      help="rotate: seal new values under a fresh data key")
+    keys.set_defaults(func=cmd_keys)
+    purge = sub.add_parser("purge", help="apply the retention settings now")
+    purge.set_defaults(func=cmd_purge)
     return parser
 
 

@@ -10,7 +10,7 @@ import os
 import secrets
 import stat
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import uvicorn
@@ -37,6 +37,7 @@ from ivr.metrics import MetricsRecorder
 from ivr.routing.service import RoutingService
 from ivr.settings import AsrSettings, SecuritySettings, Settings
 from ivr.speech.listener import SpeechServices
+from ivr.store import crypto
 from ivr.store.db import make_engine, migrate, sqlite_url
 from ivr.store.journal import CallJournal
 from ivr.store.repository import Store
@@ -84,12 +85,59 @@ def pbx_link(settings: Settings) -> PbxLink | None:
                    state.sounds_dir, tuple(p.agent_id for p in state.supervisors))
 
 
-def open_store(settings: Settings) -> Store:
-    """The store at ``database_url`` (or SQLite in ``data_dir``), migrated to the newest schema."""
+def open_store(settings: Settings, seal: bool = True) -> Store:
+    """The store at ``database_url`` (or SQLite in ``data_dir``), migrated to the newest schema,
+    with its personal-data columns sealed under the master key (made on first use, see
+    :func:`master_key`); values stored in clear before are sealed now. Without a master key
+    (none configured, generation off) they are stored in clear, and a warning says so."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database_url or sqlite_url(settings.data_dir))
     migrate(engine)
-    return Store(engine)
+    store = Store(engine)
+    if not seal:
+        return store
+    key = master_key(settings)
+    if key is None:
+        log.warning("no master key: caller numbers and transcripts are stored in clear")
+        return store
+    crypto.install(engine, crypto.FieldKeys(engine, key, previous_master_keys(settings)))
+    sealed = crypto.seal_existing(engine)
+    if sealed:
+        log.info("values stored in clear were sealed", extra={"values": sealed})
+    return store
+
+
+def purge_once(settings: Settings, store: Store,
+               voiceprint: VoiceprintService | None = None) -> dict[str, int]:
+    """One run of the retention job: what each kind of data lost (recorded per kind)."""
+    privacy, now = settings.privacy, datetime.now(UTC)
+    done: dict[str, int] = {}
+    for kind, days in (("calls", privacy.retain_calls_days),
+                       ("transcripts", privacy.retain_transcripts_days)):
+        if days is not None:
+            done[kind] = store.purge(kind, now - timedelta(days=days), now)
+    if voiceprint is not None:
+        done["recordings"] = voiceprint.purge_expired()
+    if any(done.values()):
+        log.info("retention purge", extra={k: v for k, v in done.items()})
+    return done
+
+
+async def purge_forever(settings: Settings, store: Store,
+                        voiceprint: VoiceprintService | None) -> None:
+    """The retention job: at start, then every ``privacy.purge_every_s`` (a run that fails, for
+    example on a locked database, is logged and tried again next time)."""
+    while True:
+        try:
+            await asyncio.to_thread(purge_once, settings, store, voiceprint)
+        except Exception as exc:  # noqa: BLE001 - the job must outlive one bad run
+            log.error("retention purge failed; next try later", extra={"error": str(exc)[:200]})
+        await asyncio.sleep(settings.privacy.purge_every_s)
+
+
+def previous_master_keys(settings: Settings) -> list[MasterKey]:
+    """The previous master keys of a rotation in progress (checked like the master key)."""
+    return [read_key_file(path) for path in settings.voiceprint.previous_master_key_files]
 
 
 def models_root(settings: Settings) -> Path:
@@ -197,6 +245,11 @@ def master_key(settings: Settings) -> MasterKey | None:
             log.warning("voiceprint master key generated; back it up (without it every "
                         "caller must enroll again)", extra={"path": str(path)})
     assert path is not None
+    return read_key_file(path)
+
+
+def read_key_file(path: Path) -> MasterKey:
+    """A master key from its file; refused when other users may read the file."""
     try:
         with path.open("r", encoding="ascii") as handle:
             mode = os.fstat(handle.fileno()).st_mode
@@ -249,7 +302,8 @@ async def load_voiceprint(settings: Settings, store: Store, readiness: Readiness
                     else None),
         min_enroll_speech_s=vp.min_enroll_speech_s, min_verify_speech_s=vp.min_verify_speech_s,
         retain_audio=timedelta(days=vp.retain_audio_days) if vp.retain_audio_days else None)
-    service = VoiceprintService(store.engine, embedder, key, options, unavailable=missing)
+    service = VoiceprintService(store.engine, embedder, key, options, unavailable=missing,
+                               previous_keys=previous_master_keys(settings) if key else ())
     if missing:
         readiness.degrade("voiceprint", f"voiceprint {missing}: tier 3 instead")
     else:
@@ -320,7 +374,10 @@ async def serve_async(settings: Settings) -> int:
     if speech is not None:
         speech.journal = journal
     voiceprint = await load_voiceprint(settings, store, readiness)
-    voice = VoiceTier(voiceprint, settings.voiceprint) if voiceprint.can_verify else None
+    security = settings.security
+    voice = VoiceTier(voiceprint, settings.voiceprint, AttemptLimit(
+        Throttle(store.engine), security.voice_attempts, security.voice_window_s)
+    ) if voiceprint.can_verify else None
     verification = verification_services(store, settings.security)
     tokens = TokenStore(store.engine)
     metrics = MetricsRecorder(bus)
@@ -328,6 +385,7 @@ async def serve_async(settings: Settings) -> int:
     background = TaskGroup("service")
     lag = LoopLag()
     background.spawn(lag.run(), "loop-lag")
+    background.spawn(purge_forever(settings, store, voiceprint), "retention")
     health = settings.health
     background.spawn(probe_forever(readiness, "database",
                                    lambda: asyncio.to_thread(store.probe_write),

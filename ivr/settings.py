@@ -168,6 +168,12 @@ class PrivacySettings(BaseModel):
     # Roles that may ask for ``?unredacted=true``; every such read is audited.
     unredacted_roles: tuple[Literal["admin", "supervisor", "security", "agent"], ...] = (
         "security",)
+    # Retention, in days (None: kept until deleted by hand). Calls go with their events,
+    # transcripts and callback requests; transcripts may go sooner than their calls. Retained
+    # voice audio has its own limit (voiceprint.retain_audio_days). Each purge is recorded.
+    retain_calls_days: int | None = Field(365, ge=1, le=36_500)
+    retain_transcripts_days: int | None = Field(90, ge=1, le=36_500)
+    purge_every_s: float = Field(3600.0, gt=0, le=86_400)
 
 
 class SecuritySettings(BaseModel):
@@ -207,6 +213,9 @@ class VoiceprintSettings(BaseModel):
     master_key: SecretStr | None = None
     master_key_file: Path | None = None
     generate_master_key: bool = True
+    # Key rotation: the master keys before this one, still accepted to open what they wrapped
+    # until `ivr keys rotate` has re-wrapped it all under the current key.
+    previous_master_key_files: tuple[Path, ...] = ()
     # None: the model's calibration (voiceprint/calibration/<model>.json), chosen with
     # scripts/eval_voiceprint.py for a stated false-match rate.
     accept_threshold: float | None = None
@@ -268,7 +277,7 @@ class Settings(BaseSettings):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)  # type: ignore[arg-type]
     asr: AsrSettings = Field(default_factory=AsrSettings)  # type: ignore[arg-type]
     voiceprint: VoiceprintSettings = Field(default_factory=VoiceprintSettings)  # type: ignore[arg-type]
-    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)  # type: ignore[arg-type]
     security: SecuritySettings = Field(default_factory=SecuritySettings)  # type: ignore[arg-type]
     health: HealthSettings = Field(default_factory=HealthSettings)  # type: ignore[arg-type]
     # Model folders (models/whisper/<name>, models/ecapa/<name>): configuration, never the

@@ -75,6 +75,14 @@ class Hotline:
             self.tokens[role] = done.stdout.strip()
         return self.tokens[role]
 
+    def assert_not_stored(self, *texts: str) -> None:
+        """None of ``texts`` is anywhere in the database files in clear (main file and WAL:
+        personal data is sealed field by field before it is written)."""
+        stored = b"".join(path.read_bytes() for path in self.data_dir.glob("ivr.sqlite3*"))
+        assert stored, "no database files"
+        found = [t for t in texts if t.encode("utf-8") in stored]
+        assert not found, f"stored in clear: {found}"
+
     def headers(self, role: str) -> dict[str, str]:
         """Authorization header of a ``role`` token."""
         return {"Authorization": f"Bearer {self.token(role)}"}

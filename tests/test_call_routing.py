@@ -133,6 +133,9 @@ def test_no_agents_registered_offers_a_callback(hotline: Hotline, agents: Agents
     assert record["intent"] == "technical_fault"
     assert record["callback_number"] == "13912345678"
     assert record["hangup_cause"] == "callback_requested"
+    # Caller and callback numbers are sealed at rest, in every spelling they could take.
+    hotline.assert_not_stored("13912345678", "+8613912345678", "02855556666", "+862855556666",
+                              "2855556666")
     offered = next(e for e in record["events"] if e["kind"] == "callback_offered")
     assert offered["data"]["reason"] == "no_agents"
 

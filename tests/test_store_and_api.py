@@ -35,10 +35,10 @@ def test_database_is_wal_private_and_migrated(tmp_path: Path, store: Store) -> N
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         version = db.execute("SELECT version_num FROM alembic_version").fetchone()[0]
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert version == "0007"
+    assert version == "0008"
     assert {"calls", "call_events", "agents", "routing_rules", "callback_requests",
             "transcripts", "api_tokens", "routing_rule_changes", "data_access_log",
-            "voiceprint_recordings", "rate_limits"} <= tables
+            "voiceprint_recordings", "rate_limits", "data_keys", "retention_purges"} <= tables
 
 
 def test_call_lifecycle_is_recorded_and_found_by_either_id(tmp_path: Path, store: Store) -> None:

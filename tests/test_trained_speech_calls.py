@@ -87,6 +87,8 @@ def test_spoken_request_routes_by_intent_and_region(
     assert record["region"] == region and record["route_decision"]["region"] == region
     lines = [line for line in _transcript(hotline, record["call_id"]) if line["text"]]
     assert lines and all(line["language"] == language for line in lines), lines
+    # What the caller said is sealed at rest (the API opens it for those who may read it).
+    hotline.assert_not_stored(*(line["text"] for line in lines), number)
 
 
 @pytest.mark.parametrize("line", ["silence", "music"])

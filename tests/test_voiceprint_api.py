@@ -135,7 +135,7 @@ def test_voice_tier_start_up_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     def tier(**voiceprint: object) -> tuple[object, Readiness]:
         settings = Settings(data_dir=tmp_path, voiceprint=voiceprint)
         readiness = Readiness()
-        loaded = asyncio.run(load_voice_tier(settings, open_store(settings), readiness))
+        loaded = asyncio.run(load_voice_tier(settings, open_store(settings, seal=False), readiness))
         return loaded, readiness
 
     loaded, readiness = tier(model="ecapa", model_dir=build_tiny_ecapa(),

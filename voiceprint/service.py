@@ -134,10 +134,14 @@ class VoiceprintService:
     def __init__(self, engine: Engine, embedder: Embedder | None, master_key: MasterKey | None,
                  options: VoiceprintOptions | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 unavailable: str = "") -> None:
+                 unavailable: str = "", previous_keys: Sequence[MasterKey] = ()) -> None:
         self.engine = engine
         self._embedder = embedder
         self._key = master_key
+        # During a key rotation: what the previous master keys sealed still opens (until the
+        # rotation has re-wrapped it); new templates are sealed under ``master_key``.
+        self._keys = {k.key_id: k for k in (*previous_keys, *((master_key,) if master_key
+                                                              else ()))}
         self.options = options or VoiceprintOptions()
         self.clock = clock
         self.audit = AuditStore(engine, clock)
@@ -187,7 +191,7 @@ class VoiceprintService:
             old = (row.model_version or "unrecorded")[:19]
             return (f"template made by other '{model}' weights ({old}), the service now uses "
                     f"{version[:19]}: re-enrollment needed")
-        if row.key_id != self._key.key_id:
+        if row.key_id not in self._keys:
             return ("template sealed under another master key "
                     f"({row.key_id}): re-enrollment needed")
         return None
@@ -416,7 +420,7 @@ class VoiceprintService:
     def _open(self, row: TemplateRow) -> npt.NDArray[np.float32]:
         return open_template(SealedTemplate(row.ciphertext, row.nonce, row.wrapped_key,
                                             row.key_nonce, row.key_id, row.version),
-                             row.id, row.account_id, self.key)
+                             row.id, row.account_id, self._keys.get(row.key_id, self.key))
 
     def _cohort(self, exclude: str) -> list[npt.NDArray[np.float32]]:
         """Other accounts' templates of the model, weights and key in use (per-model cohort)."""
@@ -425,7 +429,8 @@ class VoiceprintService:
                 TemplateRow.account_id != exclude,
                 TemplateRow.model_id == self.embedder.model_id,
                 TemplateRow.model_version == self.embedder.model_version,
-                TemplateRow.key_id == self.key.key_id).limit(self.options.cohort_size)).all()
+                TemplateRow.key_id.in_(list(self._keys))).limit(self.options.cohort_size)
+            ).all()
         return [self._open(r) for r in rows]
 
     def _replay_candidates(self, account_id: str, print_now: Fingerprint) -> list[Fingerprint]:

@@ -187,6 +187,20 @@ def rewrap_template(sealed: SealedTemplate, template_id: str, account_id: str,
                           sealed.version)
 
 
+def rewrap_audio(sealed: SealedAudio, recording_id: str, account_id: str,
+                 old: MasterKey, new: MasterKey) -> SealedAudio:
+    """Re-wrap retained audio's data key under a new master key without touching the data."""
+    what = f"audio {recording_id}"
+    _check_version(sealed.version, what)
+    aad = _associated_data("voiceprint.audio", sealed.version, recording_id, account_id,
+                           _utc_iso(sealed.expires_at))
+    data_key = _unwrap(sealed.wrapped_key, sealed.key_nonce, sealed.key_id, aad, old, what)
+    key_nonce = os.urandom(_NONCE_BYTES)
+    wrapped = AESGCM(new.key).encrypt(key_nonce, data_key, b"wrap\x00" + aad)
+    return SealedAudio(sealed.ciphertext, sealed.nonce, wrapped, key_nonce, new.key_id,
+                       sealed.version, sealed.expires_at)
+
+
 def _utc_iso(at: datetime) -> str:
     if at.tzinfo is None or at.utcoffset() is None:
         raise TemplateError("audio expiry must be a timezone-aware time")

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ivr.store.crypto import FieldKeyError
 from ivr.validation import explain, keys_at
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,12 @@ def install_error_handlers(app: FastAPI) -> None:
                 allowed = keys_at(body_model, loc[1:-1])
             details.append({"loc": list(loc), "msg": explain(error, allowed)})
         return JSONResponse(error_body(422, "request validation failed", details), 422)
+
+    @app.exception_handler(FieldKeyError)
+    async def sealed(_: Request, exc: FieldKeyError) -> JSONResponse:
+        # Sealed personal data this process cannot open: a configuration to fix, not a bug.
+        return JSONResponse(error_body(503, f"stored personal data cannot be opened: {exc}"),
+                            503)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -30,7 +30,7 @@ class ApiServices:
     routing: RoutingService | None = None
     outbox: OutboxSender | None = None  # the development code sender's messages
     tokens: TokenStore | None = None
-    privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)  # type: ignore[arg-type]
     security: SecuritySettings = field(default_factory=SecuritySettings)  # type: ignore[arg-type]
     accounts: AccountDirectory | None = None
     voiceprint: VoiceprintService | None = None

@@ -5,9 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from ivr.store.crypto import Sealed
 from ivr.store.types import UtcDateTime
 
 
@@ -23,7 +35,7 @@ class CallRow(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     sip_call_id: Mapped[str | None] = mapped_column(String(255), index=True)
     channel_id: Mapped[str] = mapped_column(String(64), index=True)
-    caller_number: Mapped[str] = mapped_column(String(64))
+    caller_number: Mapped[str] = mapped_column(Sealed("calls.caller_number"))  # E.164
     dialed_number: Mapped[str] = mapped_column(String(32))
     region: Mapped[str | None] = mapped_column(String(32))
     region_source: Mapped[str | None] = mapped_column(String(16))
@@ -44,7 +56,7 @@ class CallRow(Base):
     holding_bridge_id: Mapped[str | None] = mapped_column(String(64))
     mixing_bridge_id: Mapped[str | None] = mapped_column(String(64))
     verification: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    callback_number: Mapped[str | None] = mapped_column(String(32))
+    callback_number: Mapped[str | None] = mapped_column(Sealed("calls.callback_number"))
     started_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     answered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     queued_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
@@ -98,7 +110,7 @@ class CallbackRequestRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
-    number: Mapped[str] = mapped_column(String(32))
+    number: Mapped[str] = mapped_column(Sealed("callback_requests.number"))
     region: Mapped[str | None] = mapped_column(String(32))
     reason: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
@@ -116,7 +128,7 @@ class TranscriptRow(Base):
     speaker: Mapped[str] = mapped_column(String(16))
     start_s: Mapped[float] = mapped_column(Float)
     end_s: Mapped[float] = mapped_column(Float)
-    text: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Sealed("transcripts.text"))
     language: Mapped[str] = mapped_column(String(8))
     confidence: Mapped[float] = mapped_column(Float)
     model: Mapped[str] = mapped_column(String(128))
@@ -132,7 +144,9 @@ class AccountRow(Base):
     __tablename__ = "accounts"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    phone_number: Mapped[str] = mapped_column(String(32), index=True)  # digits, national form
+    phone_number: Mapped[str] = mapped_column(Sealed("accounts.phone_number"))  # E.164
+    # Blind index of the number (ivr.store.crypto): find an account by number, sealed or not.
+    phone_index: Mapped[str | None] = mapped_column(String(64), index=True)
     voice_status: Mapped[str] = mapped_column(String(16), default="none")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
@@ -161,8 +175,8 @@ class OutboxRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     account_id: Mapped[str] = mapped_column(String(64), index=True)
-    phone_number: Mapped[str] = mapped_column(String(32))
-    body: Mapped[str] = mapped_column(Text)
+    phone_number: Mapped[str] = mapped_column(Sealed("outbox.phone_number"))
+    body: Mapped[str] = mapped_column(Sealed("outbox.body"))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
@@ -225,3 +239,28 @@ class DataAccessRow(Base):
     role: Mapped[str] = mapped_column(String(16))
     action: Mapped[str] = mapped_column(String(64))
     resource: Mapped[str] = mapped_column(String(256))
+
+
+class DataKeyRow(Base):
+    """A data key of the field encryption, wrapped by the master key (``master_id``)."""
+
+    __tablename__ = "data_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    purpose: Mapped[str] = mapped_column(String(16))  # fields | index
+    nonce: Mapped[bytes] = mapped_column(LargeBinary)
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+    master_id: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class PurgeRow(Base):
+    """One run of the retention job: what kind of data, how much, older than when."""
+
+    __tablename__ = "retention_purges"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    kind: Mapped[str] = mapped_column(String(16))  # calls | transcripts | recordings
+    before: Mapped[datetime] = mapped_column(UtcDateTime())
+    count: Mapped[int] = mapped_column(Integer)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine, delete, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ivr.store.models import (
@@ -20,6 +20,7 @@ from ivr.store.models import (
     CallbackRequestRow,
     CallEventRow,
     CallRow,
+    PurgeRow,
     RoutingRuleRow,
     TranscriptRow,
 )
@@ -323,6 +324,33 @@ class Store:
                     for r in session.scalars(query).all()]
 
     # -- agents and rules --------------------------------------------------------------------
+
+    def purge(self, kind: str, before: datetime, at: datetime | None = None) -> int:
+        """Delete ``calls`` that ended before ``before`` (with their events, transcripts and
+        callback requests) or ``transcripts`` made before it; the run is recorded in
+        ``retention_purges``. How many went."""
+        with self._session() as session, session.begin():
+            if kind == "calls":
+                gone = select(CallRow.id).where(CallRow.ended_at.is_not(None),
+                                                CallRow.ended_at < before)
+                for child in (CallEventRow, TranscriptRow, CallbackRequestRow):
+                    session.execute(delete(child).where(child.call_id.in_(gone)))
+                count = session.execute(delete(CallRow).where(
+                    CallRow.id.in_(gone))).rowcount  # type: ignore[attr-defined]
+            elif kind == "transcripts":
+                count = session.execute(delete(TranscriptRow).where(
+                    TranscriptRow.created_at < before)).rowcount  # type: ignore[attr-defined]
+            else:
+                raise ValueError(f"unknown kind of data {kind!r}")
+            session.add(PurgeRow(at=at or utcnow(), kind=kind, before=before,
+                                 count=int(count or 0)))
+        return int(count or 0)
+
+    def purges(self, limit: int = 50) -> list[PurgeRow]:
+        """Recorded purges, newest first."""
+        with self._session() as session:
+            return list(session.scalars(select(PurgeRow).order_by(PurgeRow.id.desc())
+                                        .limit(limit)).all())
 
     def upsert_agents(self, agents: Sequence[tuple[str, str, Sequence[str]]]) -> None:
         """Insert or update agents as (id, region, skills)."""

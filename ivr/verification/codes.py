@@ -21,6 +21,7 @@ from sqlalchemy.orm import sessionmaker
 
 from ivr import phone
 from ivr.auth.throttle import Throttle
+from ivr.store.crypto import keys_for
 from ivr.store.models import AccountRow, OneTimeCodeRow, OutboxRow
 
 CheckReason = Literal["ok", "wrong", "expired", "too_many_attempts", "unknown"]
@@ -102,7 +103,13 @@ class AccountDirectory:
     """Accounts by id and by registered phone number."""
 
     def __init__(self, engine: Engine) -> None:
+        self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def _index(self, e164: str) -> str | None:
+        """The blind index of a number when the database's fields are sealed."""
+        keys = keys_for(self.engine)
+        return keys.index("phone", e164) if keys is not None else None
 
     def add(self, account_id: str, phone_number: str) -> Account:
         """Create or update an account; the number is kept in E.164 (any spelling works)."""
@@ -117,6 +124,7 @@ class AccountDirectory:
                 session.add(row)
             else:
                 row.phone_number = digits
+            row.phone_index = self._index(digits)
             return Account(row.id, row.phone_number, row.voice_status)
 
     def get(self, account_id: str) -> Account | None:
@@ -130,9 +138,11 @@ class AccountDirectory:
         digits = phone.e164(caller_number)
         if digits is None:
             return None
+        index = self._index(digits)
+        match = (AccountRow.phone_index == index if index is not None
+                 else AccountRow.phone_number == digits)
         with self._sessions() as session:
-            rows = session.scalars(select(AccountRow).where(
-                AccountRow.phone_number == digits).limit(2)).all()
+            rows = session.scalars(select(AccountRow).where(match).limit(2)).all()
         # Two accounts on one number cannot be told apart by the number: tier 3 decides.
         if len(rows) != 1:
             return None
