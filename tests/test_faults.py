@@ -259,3 +259,27 @@ def test_broken_routing_rules_degrade_to_the_fallback_queue(
         assert ended["hangup_cause"] == "caller_hangup:connected"
         assert "call flow failed" in hotline.log_path.read_text()
         hotline.assert_nothing_left()
+
+
+def test_a_database_error_during_a_call_never_logs_the_number(
+        pbx: RunningAsterisk, team: Agents, sip_stack: SipStack, tmp_path: Path) -> None:
+    """A write the database refuses (a trigger aborts every new call row): the controller logs
+    the failure, without SQLAlchemy's statement parameters (which held the caller's number),
+    and the caller is not left hanging."""
+    team.register("north", answer_after_s=0.3)
+    with running_hotline(pbx, tmp_path, **FAST) as hotline:
+        database = hotline.data_dir / "ivr.sqlite3"
+        with sqlite3.connect(database) as db:
+            db.execute("CREATE TRIGGER refuse_calls BEFORE INSERT ON calls "
+                       "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+        call = sip_stack.caller("01062349876", pbx.pbx).dial(pbx.state.hotline_number)
+        wait_until(lambda: "refused by the test" in hotline.log_path.read_text(), 30,
+                   "the refused write to be logged")
+        call.wait_ended(timeout=40)
+        log_text = hotline.log_path.read_text()
+        assert "hide_parameters" in log_text or "[parameters:" not in log_text
+        for spelling in ("01062349876", "1062349876", "+861062349876"):
+            assert spelling not in log_text, spelling
+        with sqlite3.connect(database) as db:
+            db.execute("DROP TRIGGER refuse_calls")
+        hotline.assert_nothing_left()
