@@ -584,3 +584,20 @@ def test_numbers_with_a_plus_are_masked_for_supervisors(api: WiredApi) -> None:
     clear = client.get(f"/api/v1/calls/{call.id}", params={"unredacted": "true"},
                        headers=_auth(api, "security")).json()
     assert clear["caller_number"] == "13800210000"
+
+
+def test_voice_attempts_are_limited_per_account(tmp_path: Path) -> None:
+    from ivr.flow.voice import AttemptLimit
+
+    engine = make_engine(sqlite_url(tmp_path))
+    migrate(engine)
+    clock = [1_800_000_000.0]
+    limits = [AttemptLimit(Throttle(make_engine(sqlite_url(tmp_path)), lambda: clock[0]), 3,
+                           3600) for _ in range(2)]  # two processes
+    for i in range(3):
+        limits[i % 2].take("acct-1")
+    with pytest.raises(Limited, match="voice verification attempts"):
+        limits[0].take("acct-1")
+    limits[1].take("acct-2")
+    clock[0] += 3600
+    limits[0].take("acct-1")

@@ -21,8 +21,12 @@ pytestmark = [pytest.mark.asterisk, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def hotline(asterisk: RunningAsterisk, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[Hotline]:
-    with running_hotline(asterisk, tmp_path_factory.mktemp("verify")) as running:
-        for account, phone in (("acct-good", "13800210000"), ("acct-bad", "13900001111")):
+    # Two codes per account per hour here, so that the third call of one account shows the
+    # limit (the other tests use one account each, once).
+    with running_hotline(asterisk, tmp_path_factory.mktemp("verify"),
+                         IVR_SECURITY__CODE_SENDS="2") as running:
+        for account, phone in (("acct-good", "13800210000"), ("acct-bad", "13900001111"),
+                               ("acct-busy", "13600005555")):
             subprocess.run([sys.executable, "-m", "ivr.cli", "account", "add", "--id", account,
                             "--phone", phone], env=running.env, check=True,
                            capture_output=True)
@@ -93,3 +97,25 @@ def test_caller_without_an_account_goes_to_the_experts(hotline: Hotline, sip_sta
     call.wait_ended()
     assert record["verification"] == {"tier1": "no_account", "decision": "none"}
     assert record["route_decision"]["skill"] == "security_expert"
+
+
+def test_codes_per_account_are_limited(hotline: Hotline, sip_stack: SipStack,
+                                       asterisk: RunningAsterisk) -> None:
+    """Past the limit no SMS goes out: the call records why and goes to the experts."""
+    for _ in range(2):  # two calls that each get a code, then hang up
+        call = dial_and_press(sip_stack, asterisk, "+8613600005555", "3")
+        hotline.wait_call(call.record.sip_call_id, lambda c: c["state"] == "verifying", 30)
+        call.hangup()
+        call.wait_ended()
+    call = dial_and_press(sip_stack, asterisk, "13600005555", "3")
+    record = hotline.wait_call(call.record.sip_call_id,
+                               lambda c: c["route_decision"] is not None, 40)
+    call.hangup()
+    call.wait_ended()
+    assert record["verification"] == {"account_id": "acct-busy", "tier1": "rate_limited",
+                                      "decision": "none"}
+    limited = [e["data"] for e in record["events"] if e["kind"] == "code_rate_limited"]
+    assert len(limited) == 1 and 0 < limited[0]["retry_after_s"] <= 3600
+    assert record["route_decision"]["skill"] == "security_expert"
+    sent = hotline.get("/verification/outbox", account_id="acct-busy").json()
+    assert len(sent) == 2
