@@ -235,18 +235,41 @@ def test_an_error_never_echoes_unbounded_input(api: WiredApi) -> None:
 # ---- live socket ------------------------------------------------------------------------------
 
 
-def test_a_revoked_token_closes_its_live_socket(api: WiredApi) -> None:
+def test_a_token_revoked_here_closes_its_live_socket_at_once(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    from voiceprint.testing.tiny_ecapa import build_tiny_ecapa
+
+    # Re-checks every 30 s: the close must come from the revocation itself.
+    api = wired_api(tmp_path_factory.mktemp("revoke"), build_tiny_ecapa(),
+                    SecuritySettings(auth_failures=100_000, live_recheck_s=30))
+    client = TestClient(api.app)
+    tokens = api.services.tokens
+    assert tokens is not None
+    token, info = tokens.create("supervisor", "night shift")
+    with client.websocket_connect("/api/v1/live") as ws:
+        ws.send_json({"type": "auth", "token": token})
+        assert ws.receive_json()["type"] == "snapshot"
+        started = time.monotonic()
+        revoked = client.delete(f"/api/v1/tokens/{info.id}", headers=_auth(api, "admin"))
+        assert revoked.status_code == 204
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1008 and "revoked" in (closed.value.reason or "")
+        assert time.monotonic() - started < 10
+
+
+def test_a_token_revoked_by_another_process_closes_its_live_socket(api: WiredApi) -> None:
     client = TestClient(api.app)
     tokens = api.services.tokens
     assert tokens is not None and api.services.bus is not None
     token, info = tokens.create("supervisor", "night shift")
+    elsewhere = TokenStore(make_engine(str(tokens.engine.url)))  # `ivr token revoke`
     with client.websocket_connect("/api/v1/live") as ws:
         ws.send_json({"type": "auth", "token": token})
         assert ws.receive_json()["type"] == "snapshot"
         api.services.bus.publish("acd", None, {"n": 1})
         assert ws.receive_json()["type"] == "event"
-        revoked = client.delete(f"/api/v1/tokens/{info.id}", headers=_auth(api, "admin"))
-        assert revoked.status_code == 204
+        assert elsewhere.revoke(info.id)
         with pytest.raises(WebSocketDisconnect) as closed:
             for _ in range(100):  # events keep coming until the re-check closes it
                 api.services.bus.publish("acd", None, {"n": 2})

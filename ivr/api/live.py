@@ -7,8 +7,9 @@ Protocol (JSON text frames):
   ``epoch`` only when resuming; at most 4 KiB and 4 levels deep). Bad or missing token: close
   code 4401; wrong role: 4403; a malformed auth message: 4400; a source over its
   failed-authentication limit: 4429.
-- The token is re-checked while the socket is open (every ``security.live_recheck_s``, and at
-  its expiry): a revoked or expired token closes the socket with 1008 (policy violation).
+- The token is re-checked while the socket is open: at once when this process revokes it,
+  every ``security.live_recheck_s`` for a revocation elsewhere and for expiry. A revoked or
+  expired token closes the socket with 1008 (policy violation).
 - New client, or one whose events are no longer kept: ``{"type": "snapshot", "seq", "epoch",
   "calls", "agents", "waiting"}`` then every event after ``seq``.
 - Resuming client: the events it missed (``seq`` > ``last_seq``), then live ones.
@@ -107,11 +108,23 @@ async def _token_watch(websocket: WebSocket, services: ApiServices, principal: P
         await asyncio.Event().wait()
         return
     every = services.security.live_recheck_s
-    while True:
-        await asyncio.sleep(every)
-        still = await asyncio.to_thread(tokens.still_valid, principal.token_id)
-        if still is not None:
-            break
+    loop = asyncio.get_running_loop()
+    revoked_here = asyncio.Event()
+
+    def wake(token_id: str) -> None:  # called from the thread that revoked
+        if token_id == principal.token_id:
+            loop.call_soon_threadsafe(revoked_here.set)
+
+    unsubscribe = tokens.on_revoke(wake)
+    try:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(revoked_here.wait(), every)
+            still = await asyncio.to_thread(tokens.still_valid, principal.token_id)
+            if still is not None:
+                break
+    finally:
+        unsubscribe()
     with contextlib.suppress(RuntimeError, WebSocketDisconnect):
         await websocket.close(POLICY_VIOLATION, f"token {still}")
 

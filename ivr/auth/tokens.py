@@ -95,6 +95,7 @@ class TokenStore:
         self.engine = engine
         self.clock = clock
         self._session = sessionmaker(engine, expire_on_commit=False)
+        self._revoked: list[Callable[[str], None]] = []
 
     def create(self, role: str, name: str = "", ttl: timedelta = timedelta(days=30),
                agent_id: str | None = None) -> tuple[str, TokenInfo]:
@@ -177,7 +178,15 @@ class TokenStore:
                 return False
             if row.revoked_at is None:
                 row.revoked_at = self.clock()
-            return True
+        for listener in list(self._revoked):
+            listener(token_id)
+        return True
+
+    def on_revoke(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``listener(token_id)`` after each revocation in this process (another
+        process's revocations are found by re-checking); returns the unsubscribe function."""
+        self._revoked.append(listener)
+        return lambda: self._revoked.remove(listener)
 
     def listing(self) -> list[TokenInfo]:
         """Every token, newest first."""
