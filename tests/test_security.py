@@ -302,11 +302,15 @@ def test_an_expired_token_closes_its_live_socket(tmp_path: Path) -> None:
     json.dumps({"type": "auth", "token": "t", "x": [[[[["deep"]]]]]}),
     json.dumps({"type": "auth", "token": "x" * 5000}),
     "not json",
+    "binary",  # a binary frame (a KeyError inside the app before)
 ])
 def test_a_malformed_live_auth_message_is_refused_by_name(api: WiredApi, message: str) -> None:
     client = TestClient(api.app)
     with client.websocket_connect("/api/v1/live") as ws:
-        ws.send_text(message)
+        if message == "binary":
+            ws.send_bytes(json.dumps({"type": "auth", "token": api.tokens["admin"]}).encode())
+        else:
+            ws.send_text(message)
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_json()
     assert closed.value.code == 4400

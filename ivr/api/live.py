@@ -171,7 +171,12 @@ async def _authenticate(websocket: WebSocket) -> tuple[Principal, dict[str, Any]
     if header.lower().startswith("bearer "):
         token = header[7:].strip()
     else:
-        text = await asyncio.wait_for(websocket.receive_text(), AUTH_TIMEOUT_S)
+        message = await asyncio.wait_for(websocket.receive(), AUTH_TIMEOUT_S)
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        text = message.get("text")
+        if not isinstance(text, str):
+            raise MessageRefused("the auth message must be a text frame")
         hello = bounded_json(text, AUTH_MAX_CHARS, AUTH_MAX_DEPTH)
         if not isinstance(hello, dict) or hello.get("type") != "auth":
             raise ValueError("first message must be an auth message")
