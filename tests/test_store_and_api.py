@@ -166,3 +166,52 @@ def test_upgrade_indexes_the_replay_prints_already_stored(tmp_path: Path) -> Non
                                    "WHERE account_id = 'acct-1'").fetchall())
     assert stored == sorted(zip(keys.tolist(), frames.tolist(), strict=True))
     assert len(stored) > 100
+
+
+def test_upgrade_binds_agent_tokens_and_widens_sealed_columns(tmp_path: Path) -> None:
+    """Migrations 0007 and 0008 on a populated 0006 database: the newest live agent token named
+    after an agent acts for it; numbers stored in clear survive the widened columns and are
+    sealed (with the accounts' blind index filled) when the service opens the store."""
+    from alembic import command
+    from alembic.config import Config
+
+    from ivr.auth.tokens import TokenStore
+    from ivr.service import open_store
+    from ivr.settings import Settings
+    from ivr.store.db import MIGRATIONS
+    from ivr.verification.codes import AccountDirectory
+
+    engine = make_engine(sqlite_url(tmp_path))
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0006")
+    with sqlite3.connect(tmp_path / "ivr.sqlite3") as db:
+        db.execute("INSERT INTO agents (id, region, skills, enabled, updated_at) "
+                   "VALUES ('agent-east-1', 'east', '[]', 1, '2026-11-01 00:00:00')")
+        for token_id, name, created, revoked in (
+                ("t1", "agent-east-1", "2026-11-01", None),
+                ("t2", "agent-east-1", "2026-11-02", None),  # the newest live one
+                ("t3", "agent-east-1", "2026-11-03", "2026-11-04"),
+                ("t4", "no-such-agent", "2026-11-01", None)):
+            db.execute("INSERT INTO api_tokens (id, token_hash, role, name, created_at, "
+                       "expires_at, revoked_at) VALUES (?, ?, 'agent', ?, ?, '2027-01-01', ?)",
+                       (token_id, token_id * 16, name, created, revoked))
+        db.execute("INSERT INTO accounts (id, phone_number, voice_status, created_at) "
+                   "VALUES ('acct-1', '13800210000', 'none', '2026-11-01')")
+        db.execute("INSERT INTO calls (id, channel_id, caller_number, dialed_number, language, "
+                   "menu_path, state, overflow, started_at) VALUES ('c1', 'ch', '01062345678', "
+                   "'4008101111', 'zh', '[]', 'ended', 0, '2026-11-01')")
+    migrate(engine)
+    with sqlite3.connect(tmp_path / "ivr.sqlite3") as db:
+        bound = dict(db.execute("SELECT id, agent_id FROM api_tokens").fetchall())
+    assert bound == {"t1": None, "t2": "agent-east-1", "t3": None, "t4": None}
+    assert TokenStore(engine).listing()  # the model reads the upgraded table
+    store = open_store(Settings(data_dir=tmp_path, voiceprint={"master_key": "ab" * 32}))
+    call = store.get_call("c1")
+    assert call is not None and call.caller_number == "01062345678"  # as it was stored
+    assert AccountDirectory(store.engine).find_by_number("+8613800210000") is not None
+    with sqlite3.connect(tmp_path / "ivr.sqlite3") as db:
+        raw = db.execute("SELECT caller_number FROM calls").fetchone()[0]
+    assert raw.startswith("enc1:")
