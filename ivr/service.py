@@ -116,8 +116,9 @@ def purge_once(settings: Settings, store: Store,
                        ("transcripts", privacy.retain_transcripts_days)):
         if days is not None:
             done[kind] = store.purge(kind, now - timedelta(days=days), now)
-    if voiceprint is not None:
+    if voiceprint is not None:  # recordings expire at the time sealed into them
         done["recordings"] = voiceprint.purge_expired()
+        store.record_purge("recordings", now, done["recordings"], now)
     if any(done.values()):
         log.info("retention purge", extra={k: v for k, v in done.items()})
     return done

@@ -215,3 +215,20 @@ def test_retention_purges_old_calls_and_transcripts_and_records_it(tmp_path: Pat
     purges = store.purges()
     assert [(p.kind, p.count) for p in purges] == [("transcripts", 1), ("calls", 1)]
     assert purge_once(settings, store) == {"calls": 0, "transcripts": 0}
+    # Retained voice recordings go at the expiry sealed into them, recorded the same way.
+    from voiceprint.service import VoiceprintService
+    from voiceprint.store import RecordingRow
+    from voiceprint.templates import seal_audio
+
+    key = MasterKey(bytes.fromhex("ab" * 32))
+    for name, expires in (("old", now - timedelta(hours=1)), ("new", now + timedelta(days=1))):
+        audio = seal_audio(b"\x00\x01" * 800, name, "acct-1", expires, key)
+        with store.engine.begin() as connection:
+            connection.execute(RecordingRow.__table__.insert().values(
+                id=name, account_id="acct-1", source="attempt", ciphertext=audio.ciphertext,
+                nonce=audio.nonce, wrapped_key=audio.wrapped_key, key_nonce=audio.key_nonce,
+                key_id=audio.key_id, version=audio.version, expires_at=expires,
+                created_at=now))
+    voice = VoiceprintService(store.engine, None, key)
+    assert purge_once(settings, store, voice)["recordings"] == 1
+    assert store.purges()[0].kind == "recordings" and store.purges()[0].count == 1

@@ -342,9 +342,14 @@ class Store:
                     TranscriptRow.created_at < before)).rowcount  # type: ignore[attr-defined]
             else:
                 raise ValueError(f"unknown kind of data {kind!r}")
-            session.add(PurgeRow(at=at or utcnow(), kind=kind, before=before,
-                                 count=int(count or 0)))
+        self.record_purge(kind, before, int(count or 0), at)
         return int(count or 0)
+
+    def record_purge(self, kind: str, before: datetime, count: int,
+                     at: datetime | None = None) -> None:
+        """Record one purge run (also of data kept elsewhere: retained voice recordings)."""
+        with self._session() as session, session.begin():
+            session.add(PurgeRow(at=at or utcnow(), kind=kind, before=before, count=count))
 
     def purges(self, limit: int = 50) -> list[PurgeRow]:
         """Recorded purges, newest first."""
