@@ -112,13 +112,14 @@ def _route_of(settings: Settings, sip_call_id: str) -> dict[str, Any]:
     import httpx
 
     url = f"http://{settings.api_host}:{settings.api_port}/api/v1/calls/{sip_call_id}"
-    # A one-minute supervisor token of our own, revoked when done: the API checks roles.
+    # A one-minute supervisor token of our own, deleted when done: the API checks roles, and
+    # the token list is for the tokens people hold.
     tokens = _tokens(settings)
     token, info = tokens.create("supervisor", "ivr call", timedelta(minutes=1))
     try:
         return _poll_route(httpx, url, token)
     finally:
-        tokens.revoke(info.id)
+        tokens.delete(info.id)
 
 
 def _poll_route(httpx: Any, url: str, token: str) -> dict[str, Any]:
@@ -151,10 +152,15 @@ def cmd_agents(args: argparse.Namespace, settings: Settings) -> int:
     if not accounts:
         raise IvrError(f"no agent accounts for region '{args.region}' "
                        f"(regions: {', '.join(sorted({a.region for a in state.agents}))})")
+    record_dir = Path(args.record_dir) if args.record_dir else None
+    if record_dir is not None:
+        try:  # made here: pjsua2 would fail on every call instead
+            record_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise IvrError(f"--record-dir {record_dir}: {exc.strerror}") from exc
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    options = AgentOptions(answer_after_s=args.answer_after,
-                           record_dir=Path(args.record_dir) if args.record_dir else None,
+    options = AgentOptions(answer_after_s=args.answer_after, record_dir=record_dir,
                            play=Path(args.play) if args.play else None)
     with stdout_to_stderr() as out, SipStack() as stack:
         phones = [stack.agent(a.agent_id, a.password, state.pbx, options)
@@ -199,7 +205,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_account(args: argparse.Namespace, settings: Settings) -> int:
     """``ivr account add``: register a customer account and its phone number."""
-    from ivr.service import open_store
+    from ivr.store.opening import open_store
     from ivr.verification.codes import AccountDirectory
 
     store = open_store(settings)
@@ -213,8 +219,8 @@ def cmd_account(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     """``ivr keys status|rotate``: the field data keys and the master key that wraps them."""
-    from ivr.service import master_key, open_store, previous_master_keys, read_key_file
     from ivr.store import crypto
+    from ivr.store.opening import master_key, open_store, previous_master_keys, read_key_file
 
     store = open_store(settings)
     keys = crypto.keys_for(store.engine)
@@ -246,7 +252,7 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
     """``ivr purge``: run the retention job once now (it also runs inside ``ivr serve``)."""
-    from ivr.service import open_store, purge_once
+    from ivr.store.opening import open_store, purge_once
 
     _print(purge_once(settings, open_store(settings)), True)
     return 0
@@ -254,7 +260,7 @@ def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
 
 def _tokens(settings: Settings) -> Any:
     from ivr.auth.tokens import TokenStore
-    from ivr.service import open_store
+    from ivr.store.opening import open_store
 
     return TokenStore(open_store(settings).engine)
 

@@ -6,11 +6,8 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
-import secrets
-import stat
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import uvicorn
@@ -24,7 +21,7 @@ from asr.silero import SileroOptions, SileroVad
 from ivr.api.app import create_app
 from ivr.api.services import ApiServices
 from ivr.asterisk.instance import AriCredentials, AsteriskInstance
-from ivr.asterisk.provision import cache_dir, locate_asterisk
+from ivr.asterisk.provision import locate_asterisk
 from ivr.auth.throttle import Throttle
 from ivr.auth.tokens import TokenStore
 from ivr.bus import EventBus
@@ -37,9 +34,8 @@ from ivr.metrics import MetricsRecorder
 from ivr.routing.service import RoutingService
 from ivr.settings import AsrSettings, SecuritySettings, Settings
 from ivr.speech.listener import SpeechServices
-from ivr.store import crypto
-from ivr.store.db import make_engine, migrate, sqlite_url
 from ivr.store.journal import CallJournal
+from ivr.store.opening import master_key, open_store, previous_master_keys, purge_once
 from ivr.store.repository import Store
 from ivr.verification.codes import (
     AccountDirectory,
@@ -50,7 +46,7 @@ from ivr.verification.codes import (
 )
 from voiceprint import dvector
 from voiceprint.embedding import Embedder, EmbedderOptions, load_embedder
-from voiceprint.errors import MasterKeyError, VoiceprintError
+from voiceprint.errors import VoiceprintError
 from voiceprint.scoring import Thresholds
 from voiceprint.service import VoiceprintOptions, VoiceprintService
 from voiceprint.templates import MasterKey
@@ -85,45 +81,6 @@ def pbx_link(settings: Settings) -> PbxLink | None:
                    state.sounds_dir, tuple(p.agent_id for p in state.supervisors))
 
 
-def open_store(settings: Settings, seal: bool = True) -> Store:
-    """The store at ``database_url`` (or SQLite in ``data_dir``), migrated to the newest schema,
-    with its personal-data columns sealed under the master key (made on first use, see
-    :func:`master_key`); values stored in clear before are sealed now. Without a master key
-    (none configured, generation off) they are stored in clear, and a warning says so."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.database_url or sqlite_url(settings.data_dir))
-    migrate(engine)
-    store = Store(engine)
-    if not seal:
-        return store
-    key = master_key(settings)
-    if key is None:
-        log.warning("no master key: caller numbers and transcripts are stored in clear")
-        return store
-    crypto.install(engine, crypto.FieldKeys(engine, key, previous_master_keys(settings)))
-    sealed = crypto.seal_existing(engine)
-    if sealed:
-        log.info("values stored in clear were sealed", extra={"values": sealed})
-    return store
-
-
-def purge_once(settings: Settings, store: Store,
-               voiceprint: VoiceprintService | None = None) -> dict[str, int]:
-    """One run of the retention job: what each kind of data lost (recorded per kind)."""
-    privacy, now = settings.privacy, datetime.now(UTC)
-    done: dict[str, int] = {}
-    for kind, days in (("calls", privacy.retain_calls_days),
-                       ("transcripts", privacy.retain_transcripts_days)):
-        if days is not None:
-            done[kind] = store.purge(kind, now - timedelta(days=days), now)
-    if voiceprint is not None:  # recordings expire at the time sealed into them
-        done["recordings"] = voiceprint.purge_expired()
-        store.record_purge("recordings", now, done["recordings"], now)
-    if any(done.values()):
-        log.info("retention purge", extra={k: v for k, v in done.items()})
-    return done
-
-
 async def purge_forever(settings: Settings, store: Store,
                         voiceprint: VoiceprintService | None) -> None:
     """The retention job: at start, then every ``privacy.purge_every_s`` (a run that fails, for
@@ -134,11 +91,6 @@ async def purge_forever(settings: Settings, store: Store,
         except Exception as exc:  # noqa: BLE001 - the job must outlive one bad run
             log.error("retention purge failed; next try later", extra={"error": str(exc)[:200]})
         await asyncio.sleep(settings.privacy.purge_every_s)
-
-
-def previous_master_keys(settings: Settings) -> list[MasterKey]:
-    """The previous master keys of a rotation in progress (checked like the master key)."""
-    return [read_key_file(path) for path in settings.voiceprint.previous_master_key_files]
 
 
 def models_root(settings: Settings) -> Path:
@@ -219,63 +171,6 @@ def default_ecapa_dir(settings: Settings) -> Path | None:
     folders = sorted(p for p in root.glob("*") if (p / "hyperparams.yaml").is_file()) \
         if root.is_dir() else []
     return folders[0] if folders else None
-
-
-def master_key_path() -> Path:
-    """Where a generated master key lives: the per-install secrets folder of the cache (next
-    to the PBX credentials), outside any checkout."""
-    return cache_dir() / "secrets" / "voiceprint-master.key"
-
-
-def master_key(settings: Settings) -> MasterKey | None:
-    """The voiceprint master key from settings or its file; else the per-install key, made on
-    first use (32 random bytes, file mode 0600; the key itself is never logged) in the
-    configured file or the secrets folder. None when none is configured and generation is
-    off."""
-    vp = settings.voiceprint
-    if vp.master_key is not None:
-        return MasterKey.from_config(vp.master_key.get_secret_value())
-    path = vp.master_key_file
-    if path is None and not vp.generate_master_key:
-        return None
-    if vp.generate_master_key and (path is None or not path.exists()):
-        # A configured file that does not exist yet is where the per-install key goes (a
-        # container keeps it on its data volume).
-        path = path or master_key_path()
-        if _make_key_file(path):
-            log.warning("voiceprint master key generated; back it up (without it every "
-                        "caller must enroll again)", extra={"path": str(path)})
-    assert path is not None
-    return read_key_file(path)
-
-
-def read_key_file(path: Path) -> MasterKey:
-    """A master key from its file; refused when other users may read the file."""
-    try:
-        with path.open("r", encoding="ascii") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            text = handle.read()
-    except OSError as exc:
-        raise MasterKeyError(f"voiceprint master key file unreadable: {exc.strerror}"
-                             ) from None
-    if mode & 0o077:
-        # Like ssh with a private key: a key others can read protects nothing; refuse it.
-        raise MasterKeyError(f"voiceprint master key file {path} is open to other users "
-                             f"(mode {stat.S_IMODE(mode):04o}); run chmod 600 on it")
-    return MasterKey.from_config(text)
-
-
-def _make_key_file(path: Path) -> bool:
-    """Create ``path`` with a fresh key unless it exists (another process may race: O_EXCL)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(secrets.token_hex(32) + "\n")
-    return True
 
 
 async def load_voiceprint(settings: Settings, store: Store, readiness: Readiness

@@ -30,12 +30,13 @@ def _ivr(*args: str) -> list[str]:
 
 
 def test_ivr_call_prints_json_and_hears_the_tone(asterisk: RunningAsterisk, sip_stack: object,
-                                                 artifacts: Path) -> None:
+                                                 artifacts: Path, tmp_path: Path) -> None:
     heard = artifacts / "cli-heard.wav"
+    env = _env(asterisk, IVR_DATA_DIR=str(tmp_path / "var"))
     proc = subprocess.run(
         _ivr("call", "--from", "075512345678", "--to", "4008109901", "--wait", "1.5",
              "--record", str(heard), "--json"),
-        capture_output=True, text=True, env=_env(asterisk), timeout=60, check=False)
+        capture_output=True, text=True, env=env, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1, f"stdout must be one JSON object, got {proc.stdout!r}"
@@ -45,6 +46,10 @@ def test_ivr_call_prints_json_and_hears_the_tone(asterisk: RunningAsterisk, sip_
     assert result["answered_by"] is None
     assert result["sip_status"] == 200
     assert abs(dominant_frequency(read_wav(heard), skip_s=0.2) - 1004.0) < 15.0
+    # The short-lived token it used to ask the API who answered is gone, not just revoked.
+    tokens = subprocess.run(_ivr("token", "list"), capture_output=True, text=True, env=env,
+                            timeout=60, check=True)
+    assert "ivr call" not in tokens.stdout
 
 
 def test_ivr_call_to_a_number_nobody_serves_fails_cleanly(asterisk: RunningAsterisk,
@@ -59,14 +64,17 @@ def test_ivr_call_to_a_number_nobody_serves_fails_cleanly(asterisk: RunningAster
 
 
 def test_ivr_agents_registers_and_stops_on_sigterm(asterisk: RunningAsterisk,
-                                                         sip_stack: object) -> None:
-    proc = subprocess.Popen(_ivr("agents", "--region", "south", "--count", "2"),
+                                                         sip_stack: object, tmp_path: Path) -> None:
+    records = tmp_path / "not" / "there" / "yet"  # made by the command
+    proc = subprocess.Popen(_ivr("agents", "--region", "south", "--count", "2",
+                                 "--record-dir", str(records)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=_env(asterisk))
     try:
         assert proc.stdout is not None
         registered = [json.loads(proc.stdout.readline()) for _ in range(2)]
         assert {r["agent_id"] for r in registered} == {"agent-south-1", "agent-south-2"}
+        assert records.is_dir()
         ari = asterisk.state.ari()
         endpoint = httpx.get(f"{ari.base_url}/ari/endpoints/PJSIP/agent-south-1",
                              auth=(ari.user, ari.password), timeout=5).json()
@@ -82,11 +90,19 @@ def test_ivr_agents_registers_and_stops_on_sigterm(asterisk: RunningAsterisk,
             proc.wait()
 
 
-def test_ivr_agents_unknown_region_is_a_clear_error(asterisk: RunningAsterisk) -> None:
+def test_ivr_agents_unknown_region_is_a_clear_error(asterisk: RunningAsterisk,
+                                                   tmp_path: Path) -> None:
     proc = subprocess.run(_ivr("agents", "--region", "mars"), capture_output=True, text=True,
                           env=_env(asterisk), timeout=60, check=False)
     assert proc.returncode == 1
     assert "no agent accounts for region 'mars'" in proc.stderr
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    bad = subprocess.run(_ivr("agents", "--region", "south", "--record-dir", str(blocker / "x")),
+                         capture_output=True, text=True, env=_env(asterisk), timeout=60,
+                         check=False)
+    assert bad.returncode == 1 and "--record-dir" in bad.stderr, bad.stderr[-500:]
+    assert "Traceback" not in bad.stderr
 
 
 def _get(url: str) -> httpx.Response | None:

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from ivr.service import open_store, purge_once
 from ivr.settings import Settings
 from ivr.store import crypto
 from ivr.store.crypto import FieldKeyError, FieldKeys
 from ivr.store.db import make_engine, migrate, sqlite_url
+from ivr.store.opening import open_store, purge_once
 from ivr.store.repository import Store
 from ivr.verification.codes import AccountDirectory, OutboxSender
 from voiceprint.templates import MasterKey, open_template

@@ -176,9 +176,9 @@ def test_upgrade_binds_agent_tokens_and_widens_sealed_columns(tmp_path: Path) ->
     from alembic.config import Config
 
     from ivr.auth.tokens import TokenStore
-    from ivr.service import open_store
     from ivr.settings import Settings
     from ivr.store.db import MIGRATIONS
+    from ivr.store.opening import open_store
     from ivr.verification.codes import AccountDirectory
 
     engine = make_engine(sqlite_url(tmp_path))

@@ -106,6 +106,13 @@ def test_monitor_refusals(hotline: Hotline, agents: Agents, sip_stack: SipStack,
     agent = httpx.post(url, json={"mode": "listen", "phone": "supervisor-1"},
                        headers=hotline.headers("agent"), timeout=5)
     assert agent.status_code == 403
+    # No phone registered as supervisor-2: a clear 409 (Asterisk's "Allocation failed" was a
+    # 500 "internal error" before), and the call goes on untouched.
+    offline = httpx.post(url, json={"mode": "listen", "phone": "supervisor-2"},
+                         headers=headers, timeout=5)
+    assert offline.status_code == 409, offline.text
+    assert "'supervisor-2' is not registered" in offline.json()["message"]
+    assert hotline.call(record["call_id"])["state"] == "menu"
     call.hangup()
     call.wait_ended()
 

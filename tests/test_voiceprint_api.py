@@ -13,8 +13,9 @@ from api_app import WiredApi, wired_api
 from fastapi.testclient import TestClient
 
 from ivr.health import Readiness
-from ivr.service import load_voice_tier, master_key_path, open_store
+from ivr.service import load_voice_tier
 from ivr.settings import Settings
+from ivr.store.opening import master_key_path, open_store
 from voiceprint.audit import AuditEntry
 from voiceprint.errors import MasterKeyError
 

@@ -264,8 +264,8 @@ def test_parallel_failures_are_all_counted(tmp_path: Path, encoder: dvector.Dvec
 def test_generated_master_key_is_never_logged(tmp_path: Path,
                                               caplog: pytest.LogCaptureFixture,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from ivr.service import master_key, master_key_path
     from ivr.settings import Settings
+    from ivr.store.opening import master_key, master_key_path
 
     monkeypatch.setenv("IVR_CACHE_DIR", str(tmp_path))
     with caplog.at_level("DEBUG"):
@@ -305,8 +305,8 @@ def test_a_configured_key_file_that_is_missing_is_made_there(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A container points the key file at its data volume: the first start makes it there;
     with generation off a missing file is an error, not a silent new key."""
-    from ivr.service import master_key
     from ivr.settings import Settings
+    from ivr.store.opening import master_key
     from voiceprint.errors import MasterKeyError
 
     monkeypatch.setenv("IVR_CACHE_DIR", str(tmp_path / "cache"))

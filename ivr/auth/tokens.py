@@ -182,6 +182,18 @@ class TokenStore:
             listener(token_id)
         return True
 
+    def delete(self, token_id: str) -> bool:
+        """Remove a token of our own making once its work is done (``ivr call``'s short-lived
+        reader), so that listings show people's tokens only; False if there is none."""
+        with self._session.begin() as session:
+            row = session.get(ApiTokenRow, token_id)
+            if row is None:
+                return False
+            session.delete(row)
+        for listener in list(self._revoked):
+            listener(token_id)
+        return True
+
     def on_revoke(self, listener: Callable[[str], None]) -> Callable[[], None]:
         """Call ``listener(token_id)`` after each revocation in this process (another
         process's revocations are found by re-checking); returns the unsubscribe function."""

@@ -75,6 +75,16 @@ class Monitoring:
         if mode != "listen" and agent_channel is None:
             raise MonitorRefused(409, f"{mode} needs an agent on the call; only listen is "
                                  "possible before the agent answers")
+        try:
+            endpoint = await ari.request("GET", f"/endpoints/PJSIP/{phone}")
+        except AriRequestError as exc:
+            raise MonitorRefused(409, f"supervisor phone {phone!r} is not known to the PBX "
+                                 f"({exc.status})") from exc
+        if (endpoint or {}).get("state") != "online":
+            # Ringing it would fail inside Asterisk ("Allocation failed"): say what to do.
+            raise MonitorRefused(409, f"supervisor phone {phone!r} is not registered; register "
+                                 "a SIP phone as that user (its password is in the instance's "
+                                 "instance.json) and try again")
         tag = uuid.uuid4().hex[:12]
         monitor = Monitor(tag, call_id, mode, phone, "agent" if agent_channel else "caller",
                           agent_channel or caller_channel,
