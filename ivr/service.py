@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import functools
 import logging
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -62,6 +64,8 @@ class PbxLink:
     agents: tuple[tuple[str, str], ...]
     sounds_dir: str
     supervisor_phones: tuple[str, ...] = ()
+    sip: str | None = None  # where phones register and call (local instance)
+    hotline: str | None = None
 
 
 def pbx_link(settings: Settings) -> PbxLink | None:
@@ -78,7 +82,48 @@ def pbx_link(settings: Settings) -> PbxLink | None:
     if state is None:
         return None
     return PbxLink(state.ari(), tuple((a.agent_id, a.region) for a in state.agents),
-                   state.sounds_dir, tuple(p.agent_id for p in state.supervisors))
+                   state.sounds_dir, tuple(p.agent_id for p in state.supervisors),
+                   state.pbx, state.hotline_number)
+
+
+def start_summary(settings: Settings, readiness: Readiness, link: PbxLink | None
+                  ) -> dict[str, Any]:
+    """What an operator needs once the service is up: where things are, what runs degraded
+    and why, and how to get a token for the console."""
+    api = f"http://{settings.api_host}:{settings.api_port}"
+    return {
+        "console": f"{api}/", "api": f"{api}/api/v1", "ready": not readiness.missing(),
+        "missing": readiness.missing(), "degraded": readiness.degraded(),
+        "sip": link.sip if link else None,
+        "hotline": (link.hotline if link and link.hotline else
+                    settings.asterisk.hotline_number),
+        "supervisor_token": ".venv/bin/ivr token create --role supervisor",
+        "test_call": (".venv/bin/ivr call --from 01012345678 --dtmf 1 --wait 5 --json"
+                      if link and link.sip else None)}
+
+
+async def announce_when_ready(settings: Settings, readiness: Readiness, link: PbxLink | None,
+                              server: uvicorn.Server, wait_s: float = 60.0) -> None:
+    """Once the API listens and everything is connected (or after ``wait_s``, saying what is
+    still missing): one ``service summary`` log record, and on a terminal a short block."""
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while not server.started or (  # noqa: ASYNC110 - readiness has no event to wait on
+            readiness.missing() and asyncio.get_running_loop().time() < deadline):
+        await asyncio.sleep(0.2)
+    summary = start_summary(settings, readiness, link)
+    log.info("service summary", extra=summary)
+    if sys.stderr.isatty():
+        lines = [f"Hotline IVR {'ready' if summary['ready'] else 'NOT ready'}",
+                 f"  console     {summary['console']}  (token: {summary['supervisor_token']})",
+                 f"  API         {summary['api']}"]
+        if summary["sip"]:
+            lines.append(f"  SIP         {summary['sip']}  hotline {summary['hotline']}")
+            lines.append(f"  test call   {summary['test_call']}")
+        for name in summary["missing"]:
+            lines.append(f"  missing     {name}: {readiness.reasons().get(name, '')}")
+        for name, reason in summary["degraded"].items():
+            lines.append(f"  degraded    {name}: {reason}")
+        print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 async def purge_forever(settings: Settings, store: Store,
@@ -323,6 +368,7 @@ async def serve_async(settings: Settings) -> int:
     if controller_task is not None:
         controller_task.add_done_callback(
             functools.partial(_controller_ended, readiness=readiness, server=server))
+    background.spawn(announce_when_ready(settings, readiness, link, server), "summary")
     try:
         await server.serve()
     finally:

@@ -124,6 +124,17 @@ def _wait_status(url: str, status: int, timeout: float = 30.0) -> httpx.Response
                          f"{last.status_code if last else None} {last.text if last else ''}")
 
 
+def _summary(log_path: Path, timeout: float = 20.0) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log_path.read_text(errors="replace").splitlines():
+            if '"service summary"' in line:
+                record: dict[str, object] = json.loads(line)
+                return record
+        time.sleep(0.2)
+    raise AssertionError("no service summary in the log")
+
+
 @pytest.mark.parametrize("stop_with", [signal.SIGINT, signal.SIGTERM])
 def test_serve_reports_ready_only_while_ari_is_connected(tmp_path: Path,
                                                         stop_with: signal.Signals) -> None:
@@ -144,6 +155,13 @@ def test_serve_reports_ready_only_while_ari_is_connected(tmp_path: Path,
     try:
         assert _wait_status(f"{base}/health", 200).json() == {"status": "ok"}
         assert _wait_status(f"{base}/ready", 200).json()["missing"] == []
+        # One summary for the operator: where the console is, the SIP address, how to get in.
+        summary = _summary(tmp_path / "serve.log")
+        assert summary["console"] == f"http://127.0.0.1:{api_port}/"
+        assert summary["ready"] is True and summary["missing"] == []
+        assert summary["sip"] == f"127.0.0.1:{settings.sip_port}"
+        assert summary["hotline"] == "4008101111"
+        assert summary["supervisor_token"].endswith("ivr token create --role supervisor")
         # Asterisk goes away: readiness says what is missing; it comes back: ready again.
         instance.down()
         body = _wait_status(f"{base}/ready", 503).json()
