@@ -51,6 +51,19 @@ class DefaultModelSpec:
         return f"{self.name}-{self.version}"
 
 
+def gpu_option(manifest: Path = MANIFEST) -> str | None:
+    """The folder (under the models root) of the manifest's Whisper for GPUs, if it names one."""
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for entry in data.get("models", []):
+        if entry.get("kind") == "whisper" and entry.get("role") == "gpu-option":
+            folder = entry.get("folder")
+            return str(folder) if folder else None
+    return None
+
+
 def cache_root() -> Path:
     """This project's user cache (``$IVR_CACHE_DIR`` or ``~/.cache/ivr``)."""
     env = os.environ.get("IVR_CACHE_DIR")

@@ -144,16 +144,30 @@ def models_root(settings: Settings) -> Path:
     return settings.models_dir if settings.models_dir is not None else Path("models")
 
 
-def default_model_dir(settings: Settings) -> Path:
-    """The configured Whisper folder, else the first under ``models/whisper``, else the shipped
-    default (Whisper base, assembled into the cache by ``make setup`` or here, on first use)."""
+def default_model_dir(settings: Settings, cuda: bool | None = None) -> Path:
+    """The Whisper folder, chosen by configuration and device, never by folder order: the
+    configured ``asr.model_dir``; else, on a GPU (``asr.device`` cuda, or auto with one found),
+    the manifest's GPU model when its folder is under the models root; else the shipped default
+    (Whisper base, assembled into the cache by ``make setup`` or here, on first use). Other
+    folders under ``models/whisper`` are used only when configured."""
     if settings.asr.model_dir is not None:
         return settings.asr.model_dir
-    root = models_root(settings) / "whisper"
-    folders = sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []
-    if folders:
-        return folders[0]
+    if cuda is None:
+        cuda = settings.asr.device == "cuda" or (settings.asr.device == "auto"
+                                                and _cuda_devices() > 0)
+    gpu_folder = default_model.gpu_option()
+    if cuda and gpu_folder and (models_root(settings) / gpu_folder / "model.bin").is_file():
+        return models_root(settings) / gpu_folder
     return default_model.ready_dir() or default_model.install()
+
+
+def _cuda_devices() -> int:
+    try:
+        import ctranslate2
+
+        return int(ctranslate2.get_cuda_device_count())
+    except Exception:  # noqa: BLE001 - no CUDA runtime at all: no GPU
+        return 0
 
 
 def engine_options(asr: AsrSettings, model_dir: Path) -> EngineOptions:

@@ -92,11 +92,25 @@ def test_the_service_falls_back_to_the_default(monkeypatch: pytest.MonkeyPatch) 
     from ivr.settings import Settings
 
     monkeypatch.delenv("IVR_ASR__MODEL_DIR", raising=False)
-    if any((ROOT / "models" / "whisper").glob("*")):
-        pytest.skip("an operator model in models/whisper takes precedence here")
-    assert default_model_dir(Settings()) == default_model.installed_dir()
+    assert default_model_dir(Settings(), cuda=False) == default_model.installed_dir()
     explicit = Settings.model_validate({"asr": {"model_dir": "/somewhere/else"}})
     assert default_model_dir(explicit) == Path("/somewhere/else")
+
+
+def test_the_model_is_chosen_by_device_not_by_folder_order(tmp_path: Path) -> None:
+    from ivr.service import default_model_dir
+    from ivr.settings import Settings
+
+    settings = Settings(models_dir=tmp_path)
+    # Folders an operator left around, one sorting before everything: never picked unasked.
+    for name in ("aaa-test-model", "large-v3-turbo"):
+        (tmp_path / "whisper" / name).mkdir(parents=True)
+        (tmp_path / "whisper" / name / "model.bin").write_bytes(b"x")
+    assert default_model.gpu_option() == "whisper/large-v3-turbo"
+    assert default_model_dir(settings, cuda=False) == default_model.installed_dir()
+    assert default_model_dir(settings, cuda=True) == tmp_path / "whisper" / "large-v3-turbo"
+    (tmp_path / "whisper" / "large-v3-turbo" / "model.bin").unlink()  # not really there
+    assert default_model_dir(settings, cuda=True) == default_model.installed_dir()
 
 
 @pytest.mark.parametrize(("text", "expected"), [
