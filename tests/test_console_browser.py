@@ -115,6 +115,18 @@ def test_every_element_and_label_the_script_uses_exists() -> None:
     used = set(re.findall(r'data-i18n(?:-placeholder)?="(\w+)"', html))
     used |= set(re.findall(r'\bt\("(\w+)"', script))
     assert used <= set(labels), used - set(labels)
+    # Every reason a recognition is dropped for, and every part /ready can name, has words in
+    # both languages (never the internal name, such as compression_ratio).
+    from typing import get_args
+
+    from asr.engine import DropReason
+
+    assert {f"dropped_{reason}" for reason in get_args(DropReason)} <= set(labels)
+    pairs = [pair for path in (CONSOLE.parents[1] / "ivr").rglob("*.py") for pair in re.findall(
+        r'(?:degrade|\.set)\("(\w+)"|probe_forever\(readiness, "(\w+)"', path.read_text())]
+    parts = {name for pair in pairs for name in pair if name}
+    assert parts >= {"ari", "asr", "vad", "voiceprint", "routing", "database", "ari_requests"}
+    assert {f"part_{name}" for name in parts} <= set(labels), parts
 
 
 # -- the page in Chromium against a real hotline ----------------------------------------------
@@ -378,3 +390,50 @@ def test_a_live_call_on_the_board_with_route_transcript_and_monitor(
             supervisor_phone.close()
         team.close()
     hotline.assert_nothing_left()
+
+
+@pytest.mark.browser
+def test_the_console_names_what_runs_degraded_in_both_languages(browser: Browser,
+                                                                artifacts: Path) -> None:
+    """The banner reads the public /ready: every missing or degraded part, named in the page's
+    language with the server's reason, and gone once everything is back."""
+    import threading
+
+    import uvicorn
+    from playwright.sync_api import expect
+
+    from ivr.asterisk.instance import free_port
+
+    readiness = Readiness()  # ARI missing until said otherwise
+    readiness.degrade("asr", "model unusable (no model.bin)")
+    readiness.degrade("voiceprint", "voiceprint master key is not configured: tier 3 instead")
+    port = free_port("tcp")
+    server = uvicorn.Server(uvicorn.Config(create_app(readiness), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    context = browser.new_context(viewport={"width": 1400, "height": 700}, locale="zh-CN")
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{port}/")
+        banner = page.locator("#health")
+        expect(banner).to_be_visible()
+        for text in ("服务降级", "电话交换机（ARI）未连接", "语音识别已关闭，仅按键菜单",
+                     "声纹验证已关闭，转人工核验", "model unusable (no model.bin)"):
+            expect(banner).to_contain_text(text)
+        page.screenshot(path=str(artifacts / "console-degraded-zh.png"))
+        page.click("#lang")
+        for text in ("Running degraded", "PBX (ARI) not connected",
+                     "speech recognition off, keypad only", "voiceprint check off"):
+            expect(banner).to_contain_text(text)
+        page.screenshot(path=str(artifacts / "console-degraded-en.png"))
+        # Everything back: the banner goes at the next poll.
+        readiness.set("ari", True)
+        readiness._degraded.clear()  # noqa: SLF001 - no API un-degrades; the state is the test's
+        expect(banner).to_be_hidden(timeout=10_000)
+    finally:
+        context.close()
+        server.should_exit = True
+        thread.join(10)

@@ -49,6 +49,22 @@
     call_ended: ["通话已结束", "The call has ended"],
     load_failed: ["无法加载转写：{message}", "Could not load the transcript: {message}"],
     not_recognised: ["（未识别）", "(not recognised)"],
+    dropped_no_speech: ["没有说话声", "no speech"],
+    dropped_compression_ratio: ["不清楚", "could not hear clearly"],
+    dropped_log_prob: ["不清楚", "could not hear clearly"],
+    dropped_phantom: ["背景声音，不是说话", "background sound, not speech"],
+    dropped_prompt_echo: ["我们提示音的回声", "an echo of our own prompt"],
+    health_problems: ["服务降级：", "Running degraded:"],
+    health_unreachable: ["无法读取服务状态（/ready）", "Cannot read the service state (/ready)"],
+    part_ari: ["电话交换机（ARI）未连接", "PBX (ARI) not connected"],
+    part_ari_requests: ["电话交换机不响应", "PBX not answering"],
+    part_database: ["数据库无法写入", "database cannot be written"],
+    part_asr: ["语音识别已关闭，仅按键菜单", "speech recognition off, keypad only"],
+    part_vad: ["语音检测已关闭", "voice detection off"],
+    part_voiceprint: ["声纹验证已关闭，转人工核验", "voiceprint check off, experts verify"],
+    part_routing: ["路由规则无效，使用备用队列", "routing rules invalid, fallback queue"],
+    reason_open: ["营业时间内", "open"],
+    reason_closed: ["非营业时间", "closed"],
     route_region: ["路由地区", "Routed to"],
     route_agent: ["坐席", "Agent"],
     route_decision: ["最近路由决策", "Last routing decision"],
@@ -123,6 +139,7 @@
     routeDecision: $("route-decision"), transcript: $("transcript"),
     phone: $("phone"), monitorStatus: $("monitor-status"),
     monitorButtons: [$("listen"), $("whisper"), $("barge")],
+    health: $("health"),
   };
 
   const state = {
@@ -150,6 +167,7 @@
     loading: null, // { gen, buffered: [[kind, data]] } while earlier lines are fetched
     loadError: null,
     monitor: null, // { key, vars, raw, kind } of the last monitor request
+    health: null, // the last /ready body, or "unreachable"
   };
 
   // -- text -------------------------------------------------------------------------------
@@ -601,8 +619,8 @@
     div.dataset.speaker = line.speaker;
     div.append(node("span", "at", offset(line.start_s)));
     div.append(node("span", "speaker", known("speaker", line.speaker)));
-    const text = line.text || `${t("not_recognised")}${line.dropped_reason
-      ? ` ${line.dropped_reason}` : ""}`;
+    const why = line.dropped_reason ? known("dropped", line.dropped_reason) : "";
+    const text = line.text || `${t("not_recognised")}${why ? ` ${why}` : ""}`;
     if (!line.text) div.classList.add("dropped");
     div.append(node("span", "text", text));
     return div;
@@ -658,8 +676,54 @@
     if (state.overflow?.length) {
       parts.push(`${t("overflowed")} ${state.overflow.map(regionLabel).join(", ")}`);
     }
-    if (decision.reason) parts.push(decision.reason);
+    if (decision.reason) parts.push(reasonText(decision.reason));
     return parts.join(" · ");
+  }
+
+  // The rules' reason is notes joined by "; " ("rule 'x' matched; open"); the words the
+  // console knows are shown in the page's language, the rest as the server wrote them.
+  function reasonText(reason) {
+    return reason.split("; ").map((note) => {
+      if (note === "open") return t("reason_open");
+      if (note.startsWith("closed")) return `${t("reason_closed")} ${note.slice(6).trim()}`;
+      return note;
+    }).join("; ");
+  }
+
+  // -- service health (public /ready) -----------------------------------------------------
+
+  async function pollHealth() {
+    try {
+      const response = await fetch("/api/v1/ready", { headers: { Accept: "application/json" } });
+      state.health = await response.json();
+    } catch {
+      state.health = "unreachable";
+    }
+    renderHealth();
+  }
+
+  function renderHealth() {
+    const health = state.health;
+    if (health === null) return;
+    const problems = [];
+    if (health === "unreachable") {
+      problems.push(t("health_unreachable"));
+    } else {
+      const reasons = health.reasons ?? {};
+      for (const name of health.missing ?? []) problems.push(partText(name, reasons[name]));
+      for (const [name, reason] of Object.entries(health.degraded ?? {})) {
+        problems.push(partText(name, reason));
+      }
+    }
+    ui.health.hidden = problems.length === 0;
+    ui.health.replaceChildren(node("strong", "", t("health_problems")),
+      ...problems.map((text) => node("span", "problem", text)));
+  }
+
+  function partText(name, reason) {
+    const known_ = label(`part_${name}`);
+    const head = known_ ?? name;
+    return reason ? `${head} (${reason})` : head;
   }
 
   // -- REST -------------------------------------------------------------------------------
@@ -752,6 +816,7 @@
     renderRoute();
     renderTranscript();
     renderMonitor();
+    renderHealth();
   }
 
   // -- wiring -----------------------------------------------------------------------------
@@ -795,6 +860,8 @@
   ui.phone.value = localStorage.getItem(PHONE_KEY) ?? "";
   applyLanguage();
   setInterval(tickWaits, 1000);
+  pollHealth();
+  setInterval(pollHealth, 5000);
   const saved = sessionStorage.getItem(TOKEN_KEY);
   if (saved) {
     ui.token.value = saved;
