@@ -59,13 +59,23 @@ def cmd_asterisk(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_call(args: argparse.Namespace, settings: Settings) -> int:
     """``ivr call``: place one real SIP call through the local Asterisk and report on it."""
     from ivr.sip.phone import SipStack, stdout_to_stderr
+    from ivr.sip.script import ApiView, parse_step, run_steps
 
+    steps = [parse_step(text) for text in args.step or []]  # a typo fails before dialling
     instance = _instance(settings)
     state = instance.load_state()
     if state is None or instance.pid() is None:
         raise IvrError(f"asterisk instance '{instance.name}' is not running; "
                        "start it with `ivr asterisk up`")
     pbx = state.pbx
+    view: ApiView | None = None
+    scratch: tuple[Any, str] | None = None
+    if steps:  # the steps read the call and the outbox through the API: a token of our own
+        from datetime import timedelta
+
+        tokens = _tokens(settings)
+        token, info = tokens.create("admin", "ivr call steps", timedelta(hours=1))
+        scratch = (tokens, info.id)
     with stdout_to_stderr() as out, SipStack() as stack:
         caller = stack.caller(args.from_number, pbx)
         call = caller.dial(args.to or state.hotline_number,
@@ -78,12 +88,23 @@ def cmd_call(args: argparse.Namespace, settings: Settings) -> int:
                 call.play(Path(wav))
             if args.dtmf:
                 call.send_dtmf(args.dtmf)
+            if steps and scratch is not None:
+                api = f"http://{settings.api_host}:{settings.api_port}/api/v1"
+                view = ApiView(api, token, lambda: call.record.sip_call_id or None)
+                result["steps"] = run_steps(call, steps, view)
+                failed = [s for s in result["steps"] if not s["ok"]]
+                if failed:
+                    result["error"] = f"step {failed[0]['step']!r}: {failed[0]['error']}"
             deadline = time.monotonic() + args.wait
             while time.monotonic() < deadline and not call.ended:
                 time.sleep(0.05)
         except IvrError as exc:
             result["error"] = str(exc)
         finally:
+            if view is not None:
+                view.close()
+            if scratch is not None:
+                scratch[0].delete(scratch[1])
             call.hangup()
             with contextlib.suppress(IvrError):
                 call.wait_ended(timeout=5)
@@ -102,7 +123,7 @@ def cmd_call(args: argparse.Namespace, settings: Settings) -> int:
         if result["call_id"]:
             result.update(_route_of(settings, result["call_id"]))
         _print(result, args.json, out)
-    return 0 if result["answered"] else 1
+    return 0 if result["answered"] and "error" not in result else 1
 
 
 def _route_of(settings: Settings, sip_call_id: str) -> dict[str, Any]:
@@ -319,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--play", action="append", metavar="WAV", help="WAV to play (repeatable)")
     call.add_argument("--dtmf", default="", help="DTMF digits to send after the WAVs")
     call.add_argument("--wait", type=float, default=2.0, help="seconds to stay on the line")
+    call.add_argument("--step", action="append", metavar="STEP",
+                      help="a scripted step, in order (repeatable): wait:S, keys:DIGITS, "
+                           "play:FILE, state:NAME[|NAME][:S], routed[:S], agent[:S], "
+                           "code:ACCOUNT[:S], hangup")
     call.add_argument("--answer-timeout", type=float, default=15.0)
     call.add_argument("--record", default=None, metavar="WAV", help="record what the caller hears")
     call.add_argument("--json", action="store_true")

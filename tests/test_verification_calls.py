@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -26,7 +27,7 @@ def hotline(asterisk: RunningAsterisk, tmp_path_factory: pytest.TempPathFactory
     with running_hotline(asterisk, tmp_path_factory.mktemp("verify"),
                          IVR_SECURITY__CODE_SENDS="2") as running:
         for account, phone in (("acct-good", "13800210000"), ("acct-bad", "13900001111"),
-                               ("acct-busy", "13600005555")):
+                               ("acct-busy", "13600005555"), ("acct-script", "13500007777")):
             subprocess.run([sys.executable, "-m", "ivr.cli", "account", "add", "--id", account,
                             "--phone", phone], env=running.env, check=True,
                            capture_output=True)
@@ -119,3 +120,40 @@ def test_codes_per_account_are_limited(hotline: Hotline, sip_stack: SipStack,
     assert record["route_decision"]["skill"] == "security_expert"
     sent = hotline.get("/verification/outbox", account_id="acct-busy").json()
     assert len(sent) == 2
+
+
+def test_a_scripted_call_from_the_command_line_passes_tier_one(hotline: Hotline) -> None:
+    """`ivr call --step ...`: the menu, the account-security key, the one-time code read from
+    the development outbox, and the route, each step waited for, the result as JSON."""
+    steps = ["state:menu:20", "keys:3", "state:verifying:20", "code:acct-script:20",
+             "routed:40", "hangup"]
+    done = subprocess.run(
+        [sys.executable, "-m", "ivr.cli", "call", "--from", "13500007777", "--wait", "0",
+         "--json", *(arg for step in steps for arg in ("--step", step))],
+        env=hotline.env, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, (done.stdout, done.stderr[-2000:])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [s["step"] for s in result["steps"]] == steps
+    assert all(s["ok"] for s in result["steps"]), result["steps"]
+    assert result["steps"][2]["detail"]["state"] == "verifying"
+    record = hotline.wait_call(result["call_id"], lambda c: c["state"] == "ended", 20)
+    assert record["verification"]["account_id"] == "acct-script"
+    assert record["verification"]["tier1"] == "passed"
+    assert record["route_decision"]["skill"] == "security_expert"
+    # The command's own admin token is gone.
+    assert "ivr call" not in hotline.get("/tokens").text
+
+
+def test_a_scripted_step_that_does_not_happen_fails_by_name(hotline: Hotline) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ivr.cli", "call", "--from", "13700008888", "--wait", "0",
+         "--json", "--step", "state:connected:3"],
+        env=hotline.env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["answered"] is True and result["steps"][0]["ok"] is False
+    assert "no state connected within 3 s" in result["error"]
+    typo = subprocess.run([sys.executable, "-m", "ivr.cli", "call", "--from", "1", "--step",
+                           "press:3"], env=hotline.env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert typo.returncode == 1 and "unknown step 'press:3'" in typo.stderr
