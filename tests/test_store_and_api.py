@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -138,21 +139,28 @@ def test_transcript_is_stored_and_served_in_time_order(store: Store) -> None:
     assert client.get("/api/v1/calls/nope/transcript").status_code == 404
 
 
-def test_upgrade_indexes_the_replay_prints_already_stored(tmp_path: Path) -> None:
-    """Migration 0006 fills the replay key index for fingerprints stored before it, with the
-    keys voiceprint.replay makes today."""
+def _engine_at(folder: Path, revision: str) -> Any:
+    """A SQLite database in ``folder`` migrated only up to ``revision`` (an older install)."""
     from alembic import command
     from alembic.config import Config
 
     from ivr.store.db import MIGRATIONS
-    from voiceprint.replay import fingerprint, index_keys
 
-    engine = make_engine(sqlite_url(tmp_path))
+    engine = make_engine(sqlite_url(folder))
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "0005")
+        command.upgrade(config, revision)
+    return engine
+
+
+def test_upgrade_indexes_the_replay_prints_already_stored(tmp_path: Path) -> None:
+    """Migration 0006 fills the replay key index for fingerprints stored before it, with the
+    keys voiceprint.replay makes today."""
+    from voiceprint.replay import fingerprint, index_keys
+
+    engine = _engine_at(tmp_path, "0005")
     pcm = (np.sin(np.arange(48_000) / 7.0) * np.linspace(0, 8000, 48_000)).astype(np.int16)
     print_now = fingerprint(pcm)
     with sqlite3.connect(tmp_path / "ivr.sqlite3") as db:
@@ -172,21 +180,12 @@ def test_upgrade_binds_agent_tokens_and_widens_sealed_columns(tmp_path: Path) ->
     """Migrations 0007 and 0008 on a populated 0006 database: the newest live agent token named
     after an agent acts for it; numbers stored in clear survive the widened columns and are
     sealed (with the accounts' blind index filled) when the service opens the store."""
-    from alembic import command
-    from alembic.config import Config
-
     from ivr.auth.tokens import TokenStore
     from ivr.settings import Settings
-    from ivr.store.db import MIGRATIONS
     from ivr.store.opening import open_store
     from ivr.verification.codes import AccountDirectory
 
-    engine = make_engine(sqlite_url(tmp_path))
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0006")
+    engine = _engine_at(tmp_path, "0006")
     with sqlite3.connect(tmp_path / "ivr.sqlite3") as db:
         db.execute("INSERT INTO agents (id, region, skills, enabled, updated_at) "
                    "VALUES ('agent-east-1', 'east', '[]', 1, '2026-11-01 00:00:00')")
