@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -68,15 +68,10 @@ def cmd_call(args: argparse.Namespace, settings: Settings) -> int:
         raise IvrError(f"asterisk instance '{instance.name}' is not running; "
                        "start it with `ivr asterisk up`")
     pbx = state.pbx
-    view: ApiView | None = None
-    scratch: tuple[Any, str] | None = None
-    if steps:  # the steps read the call and the outbox through the API: a token of our own
-        from datetime import timedelta
-
-        tokens = _tokens(settings)
-        token, info = tokens.create("admin", "ivr call steps", timedelta(hours=1))
-        scratch = (tokens, info.id)
-    with stdout_to_stderr() as out, SipStack() as stack:
+    # One token of our own for the API (who answered; the steps read the call and the outbox,
+    # which needs admin), deleted when done: the token list is for the tokens people hold.
+    with _own_token(settings, "admin" if steps else "supervisor") as token, \
+            stdout_to_stderr() as out, SipStack() as stack:
         caller = stack.caller(args.from_number, pbx)
         call = caller.dial(args.to or state.hotline_number,
                            record_to=Path(args.record) if args.record else None)
@@ -88,10 +83,10 @@ def cmd_call(args: argparse.Namespace, settings: Settings) -> int:
                 call.play(Path(wav))
             if args.dtmf:
                 call.send_dtmf(args.dtmf)
-            if steps and scratch is not None:
-                api = f"http://{settings.api_host}:{settings.api_port}/api/v1"
-                view = ApiView(api, token, lambda: call.record.sip_call_id or None)
-                result["steps"] = run_steps(call, steps, view)
+            if steps:
+                with ApiView(_api_url(settings), token,
+                             lambda: call.record.sip_call_id or None) as view:
+                    result["steps"] = run_steps(call, steps, view)
                 failed = [s for s in result["steps"] if not s["ok"]]
                 if failed:
                     result["error"] = f"step {failed[0]['step']!r}: {failed[0]['error']}"
@@ -101,10 +96,6 @@ def cmd_call(args: argparse.Namespace, settings: Settings) -> int:
         except IvrError as exc:
             result["error"] = str(exc)
         finally:
-            if view is not None:
-                view.close()
-            if scratch is not None:
-                scratch[0].delete(scratch[1])
             call.hangup()
             with contextlib.suppress(IvrError):
                 call.wait_ended(timeout=5)
@@ -121,26 +112,33 @@ def cmd_call(args: argparse.Namespace, settings: Settings) -> int:
                                        - record.connected_at, 2) if record.connected_at else 0.0,
         })
         if result["call_id"]:
-            result.update(_route_of(settings, result["call_id"]))
+            result.update(_route_of(settings, result["call_id"], token))
         _print(result, args.json, out)
     return 0 if result["answered"] and "error" not in result else 1
 
 
-def _route_of(settings: Settings, sip_call_id: str) -> dict[str, Any]:
-    """Who answered, as the service recorded it (empty when the API is not reachable)."""
+def _api_url(settings: Settings) -> str:
+    return f"http://{settings.api_host}:{settings.api_port}/api/v1"
+
+
+@contextlib.contextmanager
+def _own_token(settings: Settings, role: str) -> Iterator[str]:
+    """A short-lived token of the command's own for the service's API, deleted afterwards."""
     from datetime import timedelta
 
-    import httpx
-
-    url = f"http://{settings.api_host}:{settings.api_port}/api/v1/calls/{sip_call_id}"
-    # A one-minute supervisor token of our own, deleted when done: the API checks roles, and
-    # the token list is for the tokens people hold.
     tokens = _tokens(settings)
-    token, info = tokens.create("supervisor", "ivr call", timedelta(minutes=1))
+    token, info = tokens.create(role, "ivr call", timedelta(hours=1))
     try:
-        return _poll_route(httpx, url, token)
+        yield token
     finally:
         tokens.delete(info.id)
+
+
+def _route_of(settings: Settings, sip_call_id: str, token: str) -> dict[str, Any]:
+    """Who answered, as the service recorded it (empty when the API is not reachable)."""
+    import httpx
+
+    return _poll_route(httpx, f"{_api_url(settings)}/calls/{sip_call_id}", token)
 
 
 def _poll_route(httpx: Any, url: str, token: str) -> dict[str, Any]:

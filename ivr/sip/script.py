@@ -198,8 +198,10 @@ class ApiView:
                                     headers={"Authorization": f"Bearer {token}"})
         self._sip_call_id = sip_call_id
 
-    def close(self) -> None:
-        """Close the HTTP client."""
+    def __enter__(self) -> ApiView:
+        return self
+
+    def __exit__(self, *_: object) -> None:
         self._client.close()
 
     def _get(self, path: str, **params: Any) -> Any:
