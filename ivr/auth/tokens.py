@@ -178,8 +178,7 @@ class TokenStore:
                 return False
             if row.revoked_at is None:
                 row.revoked_at = self.clock()
-        for listener in list(self._revoked):
-            listener(token_id)
+        self._notify(token_id)
         return True
 
     def delete(self, token_id: str) -> bool:
@@ -190,9 +189,12 @@ class TokenStore:
             if row is None:
                 return False
             session.delete(row)
+        self._notify(token_id)
+        return True
+
+    def _notify(self, token_id: str) -> None:
         for listener in list(self._revoked):
             listener(token_id)
-        return True
 
     def on_revoke(self, listener: Callable[[str], None]) -> Callable[[], None]:
         """Call ``listener(token_id)`` after each revocation in this process (another
