@@ -70,6 +70,14 @@ def test_numbers_and_transcripts_are_sealed_on_disk(tmp_path: Path) -> None:
     assert stored.startswith("enc1:")
 
 
+def test_input_that_looks_sealed_is_sealed_too(tmp_path: Path) -> None:
+    store = _sealed_store(tmp_path)
+    call_id = _call(store, "enc1:1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")  # a hostile caller id
+    call = store.get_call(call_id)
+    assert call is not None and call.caller_number == "enc1:1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    assert len(store.list_calls()) == 1  # the table still reads
+
+
 def test_a_sealed_value_does_not_open_elsewhere_or_altered(tmp_path: Path) -> None:
     store = _sealed_store(tmp_path)
     call_id = _call(store)
