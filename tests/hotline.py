@@ -206,7 +206,8 @@ class Agents:
     phones: list[AgentPhone] = field(default_factory=list)
 
     def register(self, region: str, index: int = 1, answer_after_s: float = 0.3,
-                 tone_hz: float = 880.0, play: Path | None = None) -> AgentPhone:
+                 tone_hz: float = 880.0, play: Path | None = None,
+                 reject_with: int | None = None) -> AgentPhone:
         """Register ``agent-<region>-<index>``, answering after a delay and playing a tone
         (or ``play``, looped)."""
         account = next(a for a in self.asterisk.state.agents
@@ -214,7 +215,8 @@ class Agents:
         tone = play or write_tone(self.folder / f"{account.agent_id}-tone.wav", tone_hz, 1.0)
         phone = self.stack.agent(account.agent_id, account.password, self.asterisk.pbx,
                                  AgentOptions(answer_after_s=answer_after_s,
-                                              record_dir=self.folder, play=tone))
+                                              record_dir=self.folder, play=tone,
+                                              reject_with=reject_with))
         phone.wait_registered()
         self.phones.append(phone)
         return phone

@@ -119,6 +119,24 @@ def test_agent_who_does_not_answer_is_skipped(hotline: Hotline, agents: Agents,
     call.wait_ended()
 
 
+def test_agent_phone_that_declines_is_a_missed_no_answer(hotline: Hotline, agents: Agents,
+                                                        sip_stack: SipStack,
+                                                        asterisk: RunningAsterisk) -> None:
+    """A phone on do-not-disturb answers 480; Asterisk reports Q.850 cause 19 ("User alerting,
+    no answer"), the same cause its own dial timeout gives: both are our ``no_answer``."""
+    agents.register("south", 1, reject_with=480)  # longest idle: rings first
+    time.sleep(0.3)
+    agents.register("south", 2)
+    call = dial_and_press(sip_stack, asterisk, "02033335555", "2")
+    record = hotline.wait_call(call.record.sip_call_id, lambda c: c["state"] == "connected",
+                               40, "the second agent to answer")
+    assert record["route"] == {"region": "south", "agent_id": "agent-south-2"}
+    missed = [e["data"] for e in record["events"] if e["kind"] == "agent_missed"]
+    assert missed == [{"agent_id": "agent-south-1", "reason": "no_answer"}]
+    call.hangup()
+    call.wait_ended()
+
+
 def test_no_agents_registered_offers_a_callback(hotline: Hotline, agents: Agents,
                                                 sip_stack: SipStack,
                                                 asterisk: RunningAsterisk) -> None:

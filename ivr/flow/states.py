@@ -256,6 +256,11 @@ class Queued:
                               params={"mohClass": "default"})
 
 
+RING_BACKSTOP_S = 5
+CAUSE_NO_USER_RESPONSE = 18  # Q.850: "No user responding"
+CAUSE_NO_ANSWER = 19  # Q.850: "User alerting, no answer" (the dial timeout or the phone's own)
+
+
 @dataclass
 class RingingAgent:
     """Originate the chosen agent inside our application; wait for answer or give up."""
@@ -275,7 +280,9 @@ class RingingAgent:
             await ctx.ari.request("POST", "/channels", params={
                 "endpoint": f"PJSIP/{self.agent_id}", "app": ctx.app,
                 "appArgs": f"agent,{s.call_id}", "channelId": channel_id,
-                "timeout": max(1, int(self.plan.ring_timeout_s)),
+                # Our own timer below decides; Asterisk's dial timeout is only a backstop
+                # should this controller stall, so it must never fire first.
+                "timeout": int(self.plan.ring_timeout_s) + RING_BACKSTOP_S,
                 "callerId": phone.national(s.call.caller_number)})
         except AriUnavailableError:
             raise
@@ -290,6 +297,8 @@ class RingingAgent:
             if isinstance(event, AgentAnswered) and event.channel_id == channel_id:
                 return Connected(self.plan)
             if isinstance(event, AgentGone) and event.channel_id == channel_id:
+                if event.cause in (CAUSE_NO_ANSWER, CAUSE_NO_USER_RESPONSE):
+                    return await self._missed(s, "no_answer")
                 return await self._missed(s, event.cause_txt or "agent leg ended")
 
     async def _missed(self, s: CallSession, reason: str) -> State:

@@ -416,6 +416,7 @@ class AgentOptions:
     record_dir: Path | None = None
     play: Path | None = None  # what the agent "says", looped while the call lasts
     register_timeout_s: float = 10.0
+    reject_with: int | None = None  # a final SIP status (e.g. 480) instead of answering
 
 
 class AgentPhone(_PhoneBase):
@@ -475,6 +476,11 @@ class AgentPhone(_PhoneBase):
         op = pj.CallOpParam()
         op.statusCode = 180
         call.answer(op)
+        if self.options.reject_with is not None:
+            op = pj.CallOpParam()
+            op.statusCode = self.options.reject_with
+            call.hangup(op)
+            return
         self.active.append(PhoneCall(self.stack, token, call.record))
         timer = threading.Timer(self.options.answer_after_s, self._answer, args=(token,))
         timer.daemon = True
