@@ -29,6 +29,7 @@ from ivr.auth.tokens import TokenStore
 from ivr.bus import EventBus
 from ivr.errors import IvrError
 from ivr.flow.controller import HotlineController, distributor_for
+from ivr.flow.monitor import MonitorMedia
 from ivr.flow.session import Prompts
 from ivr.flow.voice import AttemptLimit, VoiceTier
 from ivr.health import LoopLag, Readiness, TaskGroup, probe_forever
@@ -363,7 +364,12 @@ async def serve_async(settings: Settings) -> int:
             distributor_for(link.agents, skills, settings.flow.wrap_up_s),
             Prompts(link.sounds_dir), settings.flow, speech=speech,
             verification=verification, voice=voice, bus=bus,
-            supervisor_phones=link.supervisor_phones, health=health, journal=journal)
+            supervisor_phones=link.supervisor_phones, health=health, journal=journal,
+            monitor_media=MonitorMedia(
+                speech.ports if speech is not None else PortPool(
+                    settings.asr.rtp_port_start, settings.asr.rtp_port_end,
+                    settings.asr.media_bind or settings.asr.media_host),
+                settings.asr.media_host, settings.asr.media_bind or settings.asr.media_host))
         controller_task = asyncio.create_task(controller.run(), name="controller")
         background.spawn(probe_forever(readiness, "ari_requests", controller.probe,
                                        health.probe_every_s, health.probe_timeout_s,
@@ -374,7 +380,10 @@ async def serve_async(settings: Settings) -> int:
         privacy=settings.privacy, security=settings.security, accounts=verification.accounts,
         voiceprint=voiceprint, bus=bus,
         snapshot=controller.snapshot if controller else None,
-        supervise=controller.supervise if controller else None, metrics=metrics))
+        supervise=controller.supervise if controller else None,
+        supervise_in_browser=controller.supervise_in_browser if controller else None,
+        end_browser_monitor=controller.end_browser_monitor if controller else None,
+        metrics=metrics))
     config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port,
                             log_level=settings.log_level.lower(), lifespan="off",
                             log_config=None)

@@ -321,3 +321,45 @@ def test_fuzz_never_raises_and_every_datagram_is_accounted_for(
     assert rx.stats.received == len(packets)
     assert rx.stats.accepted == s.accepted
     assert rx.stats.dropped_queue_full == max(0, len(live) - 4)  # queue holds the newest 4
+
+
+# -- G.711 µ-law and the packer (the browser monitor's path back into Asterisk) ---------------
+
+
+@pytest.mark.unit
+def test_ulaw_reference_values_and_round_trip() -> None:
+    from asr.media.g711 import ulaw_decode, ulaw_encode
+
+    # Code words of ITU-T G.711 (as the reference coder and Asterisk produce them).
+    pcm = np.array([0, -1, 32767, -32768, 1000, -1000], dtype="<i2").tobytes()
+    assert ulaw_encode(pcm).hex() == "ff7e8000ce4e"
+    assert np.frombuffer(ulaw_decode(bytes([0xFF, 0x7F, 0x80, 0x00])), "<i2").tolist() == [
+        0, 0, 32124, -32124]
+    # Every 16-bit value survives a round trip within about half a quantisation step (a step is
+    # 1/16 to 1/32 of the value in each segment; near zero the 14-bit encoder rounds down).
+    every = np.arange(-32768, 32768, dtype=np.int32)
+    back = np.frombuffer(ulaw_decode(ulaw_encode(every.astype("<i2").tobytes())), "<i2")
+    error = np.abs(back.astype(np.int32) - np.clip(every, -32124, 32124))
+    assert (error <= np.maximum(8, np.abs(every) // 10)).all()
+    assert ulaw_encode(b"\x01") == b""  # an odd trailing byte is not a sample
+
+
+@pytest.mark.unit
+def test_packer_builds_packets_the_receiver_reads_back() -> None:
+    from types import MappingProxyType
+
+    from asr.media.rtp import DEFAULT_RTP_OPTIONS, RtpOptions, RtpPacker
+
+    for options in (DEFAULT_RTP_OPTIONS,
+                    RtpOptions(payload_types=MappingProxyType({0: "ulaw"}), sample_rate=8000)):
+        packer = RtpPacker(options, ssrc=7)
+        packer.sequence, packer.timestamp = 65535, 2**32 - 10  # both wrap on the next packet
+        tone = (np.sin(np.arange(options.frame_bytes // 2) / 5.0) * 8000).astype("<i2")
+        core = RtpStreamCore(options)
+        chunks = [c for _ in range(3) for c in core.feed(packer.pack(tone.tobytes()))]
+        chunks += core.drain()
+        assert core.stats.accepted == 3 and core.stats.malformed_total == 0
+        heard = np.frombuffer(b"".join(c.pcm for c in chunks), "<i2")
+        assert len(heard) == 3 * len(tone)
+        assert np.abs(heard[: len(tone)].astype(int) - tone).max() <= 300
+        assert packer.sequence == 2 and packer.ssrc == 7

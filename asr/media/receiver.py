@@ -17,13 +17,18 @@ from asr.media.rtp import (
     RtpPacket,
     StreamStats,
     parse_rtp,
-    pcm_from_slin,
+    pcm_from_payload,
     signed_delta,
 )
 
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
+
+
+def host_for_url(address: str) -> str:
+    """An address as it goes before ``:port`` (IPv6 in brackets)."""
+    return f"[{address}]" if ":" in address and not address.startswith("[") else address
 
 
 class RtpStreamCore:
@@ -74,7 +79,8 @@ class RtpStreamCore:
             if not self._pending:
                 # Media time comes from the RTP clock so a lost packet leaves a visible gap.
                 self._pending_start_s = (self._last_ts - self._first_ts) / rate
-            self._pending += pcm_from_slin(packet.payload, self.options.wire_byte_order)
+            codec = self.options.payload_types[packet.payload_type]
+            self._pending += pcm_from_payload(packet.payload, codec, self.options.wire_byte_order)
             while len(self._pending) >= size:
                 out.append(AudioChunk(bytes(self._pending[:size]), rate, self._pending_start_s))
                 del self._pending[:size]
@@ -127,6 +133,11 @@ class RtpReceiver(asyncio.DatagramProtocol):
             raise RuntimeError("receiver is not bound")
         port: int = self._transport.get_extra_info("sockname")[1]
         return port
+
+    def send(self, data: bytes, addr: Address) -> None:
+        """Send one datagram from this receiver's port (symmetric RTP: the same socket)."""
+        if self._transport is not None and not self._closed:
+            self._transport.sendto(data, addr)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport (asyncio callback)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from collections import deque
 from collections.abc import Mapping
@@ -12,6 +13,7 @@ from typing import Literal
 import numpy as np
 
 from asr.errors import RtpError
+from asr.media.g711 import ulaw_decode, ulaw_encode
 
 ByteOrder = Literal["big", "little"]
 
@@ -140,7 +142,7 @@ def parse_rtp(data: bytes, options: RtpOptions = DEFAULT_RTP_OPTIONS) -> RtpPack
     length = end - offset
     if length == 0:
         raise RtpError(EMPTY_PAYLOAD)
-    if length % 2:
+    if length % 2 and options.payload_types[payload_type] != "ulaw":
         raise RtpError(ODD_PAYLOAD, f"{length} bytes")
     return RtpPacket(
         version=version,
@@ -152,6 +154,11 @@ def parse_rtp(data: bytes, options: RtpOptions = DEFAULT_RTP_OPTIONS) -> RtpPack
         ssrc=ssrc,
         payload=bytes(data[offset:end]),
     )
+
+
+def pcm_from_payload(payload: bytes, codec: str, wire_byte_order: ByteOrder = "big") -> bytes:
+    """Little-endian 16-bit PCM from one packet's payload of ``codec`` (slin* or ulaw)."""
+    return ulaw_decode(payload) if codec == "ulaw" else pcm_from_slin(payload, wire_byte_order)
 
 
 def pcm_from_slin(payload: bytes, wire_byte_order: ByteOrder = "big") -> bytes:
@@ -257,3 +264,36 @@ class JitterBuffer:
             else:
                 break
         return out
+
+
+class RtpPacker:
+    """Builds the RTP datagrams of one outgoing stream in the first payload type of
+    ``options`` (slin16 or ulaw): one SSRC, sequence and timestamp counters that wrap, PCM
+    turned to the wire format."""
+
+    def __init__(self, options: RtpOptions = DEFAULT_RTP_OPTIONS, ssrc: int | None = None
+                 ) -> None:
+        self.options = options
+        self.ssrc = ssrc if ssrc is not None else int.from_bytes(os.urandom(4), "big")
+        self.payload_type, self.codec = next(iter(options.payload_types.items()))
+        self.sequence = int.from_bytes(os.urandom(2), "big")
+        self.timestamp = int.from_bytes(os.urandom(4), "big")
+        self._first = True
+
+    def pack(self, pcm: bytes) -> bytes:
+        """One datagram carrying ``pcm`` (16-bit little-endian samples)."""
+        if len(pcm) % 2:
+            raise RtpError(ODD_PAYLOAD, f"{len(pcm)} bytes")
+        if self.codec == "ulaw":
+            payload = ulaw_encode(pcm)
+        elif self.options.wire_byte_order == "little":
+            payload = pcm
+        else:
+            payload = np.frombuffer(pcm, dtype="<i2").astype(">i2").tobytes()
+        marker = 0x80 if self._first else 0
+        self._first = False
+        header = _HEADER.pack(0x80, marker | (self.payload_type & 0x7F),
+                              self.sequence, self.timestamp, self.ssrc)
+        self.sequence = (self.sequence + 1) % SEQ_MOD
+        self.timestamp = (self.timestamp + len(pcm) // 2) % TS_MOD
+        return header + payload

@@ -16,6 +16,7 @@ from ivr.api.console import console_router
 from ivr.api.errors import error_body, install_error_handlers
 from ivr.api.guard import RequestGuard, api_router
 from ivr.api.live import live_router
+from ivr.api.monitor_audio import monitor_audio_router
 from ivr.api.routing import IMPORT_PATH, rules_router
 from ivr.api.schemas import ErrorOut, ReadyOut, SimulateIn, SimulateOut
 from ivr.api.services import ApiServices
@@ -113,6 +114,7 @@ def create_app(services: ApiServices | Readiness) -> FastAPI:
 
     app.include_router(calls_router(services))
     app.include_router(live_router(services))
+    app.include_router(monitor_audio_router(services))
     app.include_router(rules_router(services))
     app.include_router(simulate_router(services))
     app.include_router(voiceprint_router(services))

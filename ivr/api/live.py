@@ -73,34 +73,45 @@ def live_router(services: ApiServices) -> APIRouter:
     async def live(websocket: WebSocket) -> None:
         await websocket.accept()
         bus = services.bus
-        try:
-            principal, hello = await _authenticate(websocket)
-        except HTTPException as exc:
-            code = {401: 4401, 429: 4429}.get(exc.status_code, 4403)
-            await websocket.close(code, str(exc.detail)[:120])
+        admitted = await admit(websocket, LIVE_ROLES, "watch live calls")
+        if admitted is None:
             return
-        except MessageRefused as exc:
-            with contextlib.suppress(RuntimeError):
-                await websocket.close(4400, f"auth message refused: {exc}"[:120])
-            return
-        except (WebSocketDisconnect, ValueError, TimeoutError):
-            with contextlib.suppress(RuntimeError):
-                await websocket.close(4400, "expected an auth message")
-            return
-        if principal.role not in LIVE_ROLES:
-            await websocket.close(4403, f"role {principal.role!r} may not watch live calls")
-            return
+        principal, hello = admitted
         if bus is None:
             await websocket.close(1011, "no live events in this process")
             return
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
             await _until_gone(websocket, _stream(websocket, services, bus, hello),
-                              _token_watch(websocket, services, principal))
+                              watch_token(websocket, services, principal))
 
     return router
 
 
-async def _token_watch(websocket: WebSocket, services: ApiServices, principal: Principal
+async def admit(websocket: WebSocket, roles: tuple[str, ...], what: str
+                ) -> tuple[Principal, dict[str, Any]] | None:
+    """Authenticate an accepted socket and check its role; on failure close it with the
+    matching code and return None."""
+    try:
+        principal, hello = await authenticate_socket(websocket)
+    except HTTPException as exc:
+        code = {401: 4401, 429: 4429}.get(exc.status_code, 4403)
+        await websocket.close(code, str(exc.detail)[:120])
+        return None
+    except MessageRefused as exc:
+        with contextlib.suppress(RuntimeError):
+            await websocket.close(4400, f"auth message refused: {exc}"[:120])
+        return None
+    except (WebSocketDisconnect, ValueError, TimeoutError):
+        with contextlib.suppress(RuntimeError):
+            await websocket.close(4400, "expected an auth message")
+        return None
+    if principal.role not in roles:
+        await websocket.close(4403, f"role {principal.role!r} may not {what}")
+        return None
+    return principal, hello
+
+
+async def watch_token(websocket: WebSocket, services: ApiServices, principal: Principal
                        ) -> None:
     """Return (ending the socket) once the token is revoked or expired, after closing 1008."""
     tokens = services.tokens
@@ -164,7 +175,8 @@ async def _until_disconnect(websocket: WebSocket) -> None:
         pass
 
 
-async def _authenticate(websocket: WebSocket) -> tuple[Principal, dict[str, Any]]:
+async def authenticate_socket(websocket: WebSocket) -> tuple[Principal, dict[str, Any]]:
+    """The token of a WebSocket (header, or a first ``auth`` message) and that message."""
     header = websocket.headers.get("authorization", "")
     hello: dict[str, Any] = {}
     token: str | None = None

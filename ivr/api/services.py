@@ -17,6 +17,7 @@ from ivr.store.repository import Store
 from ivr.verification.codes import AccountDirectory, OutboxSender
 
 if TYPE_CHECKING:
+    from ivr.flow.monitor import Monitor
     from ivr.metrics import MetricsRecorder
     from voiceprint.service import VoiceprintService
 
@@ -39,6 +40,9 @@ class ApiServices:
     snapshot: Callable[[], Awaitable[dict[str, Any]]] | None = None
     # Supervisor monitoring: (call_id, mode, extension) -> what was started.
     supervise: Callable[[str, str, str], Awaitable[dict[str, Any]]] | None = None
+    # ...and from the browser: (call_id, mode, who) -> the monitor with its audio; its end.
+    supervise_in_browser: Callable[[str, str, str], Awaitable[Monitor]] | None = None
+    end_browser_monitor: Callable[[Monitor, str], Awaitable[None]] | None = None
     metrics: MetricsRecorder | None = None
 
     def need_store(self) -> Store:

@@ -41,7 +41,7 @@ from ivr.flow.events import (
     PlaybackDone,
     Wake,
 )
-from ivr.flow.monitor import WHISPER, Monitoring
+from ivr.flow.monitor import BROWSER, WHISPER, Monitor, Monitoring, MonitorMedia
 from ivr.flow.runner import run_call
 from ivr.flow.session import CallSession, FlowContext, Prompts, call_summary
 from ivr.flow.states import (
@@ -86,7 +86,8 @@ class HotlineController:
                  verification: VerificationServices | None = None,
                  voice: VoiceTier | None = None, bus: EventBus | None = None,
                  supervisor_phones: tuple[str, ...] = (), health: HealthSettings | None = None,
-                 journal: CallJournal | None = None) -> None:
+                 journal: CallJournal | None = None,
+                 monitor_media: MonitorMedia | None = None) -> None:
         self.creds = creds
         self.readiness = readiness
         self.store = store
@@ -99,7 +100,7 @@ class HotlineController:
         self.verification = verification
         self.voice = voice
         self.bus = bus
-        self.monitoring = Monitoring(creds.app, supervisor_phones)
+        self.monitoring = Monitoring(creds.app, supervisor_phones, monitor_media)
         self._acd_pending = False
         distributor.on_change = self._acd_changed
         self.health = health or HealthSettings.model_validate({})
@@ -164,6 +165,7 @@ class HotlineController:
             await ari.request("GET", "/asterisk/ping")
 
     async def _drop_sessions(self) -> None:
+        await self.monitoring.drop_all("PBX connection lost")
         # The calls stay in the store as they were; reconciliation picks them up again.
         for session in list(self._reg.by_call.values()):
             for listener in session.listeners:
@@ -206,6 +208,29 @@ class HotlineController:
         await session.record("monitor_started", {"mode": mode, "phone": phone,
                                                  "monitor_id": monitor.id})
         return monitor.as_dict()
+
+    async def supervise_in_browser(self, call_id: str, mode: str, by: str) -> Monitor:
+        """Listen / whisper / barge from the supervisor's browser: the returned monitor's
+        ``audio`` carries the call's sound out and the supervisor's voice in."""
+        session = self._reg.by_call.get(call_id)
+        if session is None or session.gone is not None or self._ari is None:
+            raise MonitorRefused(404, f"no live call {call_id!r}")
+        if mode not in WHISPER:
+            raise MonitorRefused(422, f"unknown mode {mode!r}")
+        connected = session.state_name == "connected" and session.agent_channel_id is not None
+        monitor = await self.monitoring.start_browser(
+            self._ari, call_id, mode, session.channel_id,  # type: ignore[arg-type]
+            session.agent_channel_id if connected else None)
+        await session.record("monitor_started", {"mode": mode, "phone": BROWSER, "by": by,
+                                                 "monitor_id": monitor.id})
+        return monitor
+
+    async def end_browser_monitor(self, monitor: Monitor, reason: str) -> None:
+        """The supervisor's page went away (or asked to stop): take the monitor down."""
+        await self.monitoring.end(self._ari, monitor, reason)
+        session = self._reg.by_call.get(monitor.call_id)
+        if session is not None and session.gone is None:
+            await session.record("monitor_ended", {"monitor_id": monitor.id, "reason": reason})
 
     # -- context handed to call sessions -----------------------------------------------------
 
@@ -287,7 +312,8 @@ class HotlineController:
         if self._seen_before(event):
             return
         if isinstance(event, StasisStart):
-            if event.channel.id in self._media_channels or event.args[:1] == ("snoop",):
+            if (event.channel.id in self._media_channels or event.args[:1] == ("snoop",)
+                    or (not event.args and self.monitoring.owns(event.channel.id))):
                 return  # our own listening legs (snoop / ExternalMedia)
             if event.args and event.args[0] == "agent":
                 self._agent_answered(event)

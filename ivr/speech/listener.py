@@ -23,7 +23,7 @@ from asr.engine import AsrEngine, Transcript
 from asr.errors import AsrError
 from asr.frames import SpeechStarted, Utterance
 from asr.intent import IntentClassifier
-from asr.media.receiver import PortPool, RtpReceiver
+from asr.media.receiver import PortPool, RtpReceiver, host_for_url
 from asr.vad import TurnDetector, VadOptions
 from ivr.ari.client import AriClient
 from ivr.bus import EventBus
@@ -54,11 +54,6 @@ class SpeechServices:
     # Second opinion on each webrtcvad onset (Silero); None: webrtcvad alone.
     onset_check: Callable[[bytes], bool] | None = None
     journal: CallJournal = field(default_factory=CallJournal)  # shared with the call flow
-
-
-def _host(address: str) -> str:
-    """An address as it goes before ``:port`` (IPv6 in brackets)."""
-    return f"[{address}]" if ":" in address and not address.startswith("[") else address
 
 
 class LegListener:
@@ -107,8 +102,9 @@ class LegListener:
             await self.ari.request("POST", f"/channels/{self.channel_id}/snoop", params={
                 "spy": "in", "app": self.app, "appArgs": f"snoop,{self.call_id}",
                 "snoopId": self.snoop_id})
+            here = f"{host_for_url(settings.media_host)}:{self.port}"
             await self.ari.request("POST", "/channels/externalMedia", params={
-                "app": self.app, "external_host": f"{_host(settings.media_host)}:{self.port}",
+                "app": self.app, "external_host": here,
                 "format": "slin16", "channelId": self.media_id, "encapsulation": "rtp",
                 "transport": "udp"})
             await self.ari.request("POST", "/bridges", params={
