@@ -30,7 +30,7 @@ from conftest import RunningAsterisk
 from hotline import Agents, Hotline, dial_and_press, running_hotline
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page, WebSocketRoute
+    from playwright.sync_api import Browser, Page, Playwright, WebSocketRoute
 
 CONSOLE = Path(__file__).resolve().parents[1] / "ivr" / "console"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -72,7 +72,8 @@ def test_page_is_public_with_a_strict_policy(client: TestClient) -> None:
                            for attrs, body in scripts)
     assert not re.search(r"\son[a-z]+\s*=", html), "inline event handler"
     assert not re.search(r"\sstyle\s*=", html), "inline style"
-    for name, kind in (("console.js", "text/javascript"), ("console.css", "text/css")):
+    for name, kind in (("console.js", "text/javascript"), ("console.css", "text/css"),
+                       ("monitor-worklet.js", "text/javascript")):
         asset = client.get(f"/console/{name}")
         assert asset.status_code == 200 and asset.headers["content-type"].startswith(kind)
         assert asset.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
@@ -112,7 +113,7 @@ def test_every_element_and_label_the_script_uses_exists() -> None:
     # Only a region's English name may be left out (it is shown as the region's id).
     assert all(english != "null" or key.startswith("region_")
                for key, english in labels.items())
-    used = set(re.findall(r'data-i18n(?:-placeholder)?="(\w+)"', html))
+    used = set(re.findall(r'data-i18n(?:-placeholder|-title)?="(\w+)"', html))
     used |= set(re.findall(r'\bt\("(\w+)"', script))
     assert used <= set(labels), used - set(labels)
     # Every reason a recognition is dropped for, and every part /ready can name, has words in
@@ -133,20 +134,26 @@ def test_every_element_and_label_the_script_uses_exists() -> None:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
+def playwright() -> Iterator[Playwright]:
+    """One Playwright driver per module (two may not run in one thread)."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing (Debian's chromium package drives these tests)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:
         pytest.skip(f"playwright cannot be imported: {exc}")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                              args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                          args=CHROMIUM_ARGS)
+    try:
+        yield chromium
+    finally:
+        chromium.close()
 
 
 @pytest.fixture(scope="module")
@@ -354,6 +361,7 @@ def test_a_live_call_on_the_board_with_route_transcript_and_monitor(
                                                         record_dir=artifacts))
         supervisor_phone.wait_registered()
         monitor_status = page.locator("#monitor-status")
+        page.select_option("#monitor-via", "phone")
         page.fill("#phone", "nobody")
         page.click("#listen")
         expect(monitor_status).to_have_class("error")
@@ -437,3 +445,149 @@ def test_the_console_names_what_runs_degraded_in_both_languages(browser: Browser
         context.close()
         server.should_exit = True
         thread.join(10)
+
+
+# -- listening in from the browser itself (fake microphone) -----------------------------------
+
+CALLER_HZ, AGENT_HZ, SUPERVISOR_HZ = 440.0, 880.0, 1320.0
+
+
+@pytest.fixture(scope="module")
+def mic_browser(playwright: Playwright, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[Browser]:
+    """A second Chromium whose microphone is a file: a steady tone the supervisor "says"."""
+    from ivr.sip.audio import write_tone
+
+    voice = write_tone(tmp_path_factory.mktemp("mic") / "supervisor.wav", SUPERVISOR_HZ, 2.0,
+                       rate=16000, amplitude=0.4)
+    args = [*CHROMIUM_ARGS, "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={voice}",
+            "--autoplay-policy=no-user-gesture-required"]
+    chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                          args=args)
+    try:
+        yield chromium
+    finally:
+        chromium.close()
+
+
+def _pcm(frames: list[bytes]) -> Any:
+    import numpy as np
+
+    from ivr.sip.audio import Pcm
+
+    samples = np.frombuffer(b"".join(frames), dtype="<i2").astype(np.float64) / 32768
+    return Pcm(samples, 8000)
+
+
+@browser_test
+def test_supervisor_listens_and_whispers_from_the_browser(
+        mic_browser: Browser, console_hotline: Hotline, sip_stack: SipStack,
+        asterisk: RunningAsterisk, artifacts: Path) -> None:
+    """The console's own audio path in headless Chromium: the supervisor hears caller and agent
+    through the page, whispers with the (fake) microphone, and only the agent hears it."""
+    from playwright.sync_api import expect
+
+    from ivr.sip.audio import Pcm, band_energy_ratio, read_wav, write_pcm, write_tone
+
+    hotline = console_hotline
+    context = mic_browser.new_context(viewport={"width": 1400, "height": 900}, locale="zh-CN")
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    heard: list[bytes] = []  # what the server sent the page (the call)
+    said: list[bytes] = []  # what the page sent the server (the microphone)
+    texts: list[str] = []
+
+    def tap(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+
+        def to_server(message: str | bytes) -> None:
+            (said.append(message) if isinstance(message, bytes) else texts.append(message))
+            server.send(message)
+
+        def to_page(message: str | bytes) -> None:
+            (heard.append(message) if isinstance(message, bytes) else texts.append(message))
+            ws.send(message)
+
+        ws.on_message(to_server)
+        server.on_message(to_page)
+
+    page.route_web_socket(re.compile(r".*/api/v1/calls/[^/]+/listen$"), tap)
+    team = Agents(sip_stack, asterisk, artifacts)
+    call = None
+    try:
+        agent = team.register("north", tone_hz=AGENT_HZ)
+        page.goto(f"http://127.0.0.1:{hotline.env['IVR_API_PORT']}/")
+        page.fill("#token", hotline.token("supervisor"))
+        page.click("#connect")
+        call = dial_and_press(sip_stack, asterisk, CALLER, "1", record=artifacts / "caller.wav")
+        record = hotline.wait_call(call.record.sip_call_id,
+                                   lambda c: c["state"] == "connected", 40)
+        row = page.locator(f'#calls tr[data-call-id="{record["call_id"]}"]')
+        expect(row.locator("td.state")).to_have_attribute("data-value", "connected",
+                                                          timeout=15_000)
+        row.click()
+        expect(page.locator("#monitor-via")).to_have_value("browser")  # the default
+        page.click("#whisper")
+        status = page.locator("#monitor-status")
+        expect(status).to_have_class("ok", timeout=10_000)
+        expect(status).to_have_text("正在本浏览器中密语（坐席通话）")
+        level = page.locator("#monitor-level")
+        expect(level).to_be_visible()
+        # A second of the call played through the audio worklet (the page's own counter; the
+        # policy forbids evaluating script in the page, so it is read from the attribute).
+        deadline = time.monotonic() + 10
+        while int(level.get_attribute("data-played") or 0) < 8000:
+            assert time.monotonic() < deadline, "the page played nothing of the call"
+            page.wait_for_timeout(200)
+        # The socket tap runs in this thread, only while Playwright is called: wait through
+        # Playwright, never in a blocking call, or the page's audio would be held and burst.
+        call.play(write_tone(artifacts / "caller-tone.wav", CALLER_HZ, 4.0), wait=False)
+        page.wait_for_timeout(4000)
+        page.screenshot(path=str(artifacts / "console-whisper-in-browser.png"), full_page=True)
+        page.click("#lang")
+        expect(status).to_have_text("Whisper in this browser (caller and agent)")
+        page.click("#monitor-stop")
+        expect(status).to_have_text("Monitoring stopped", timeout=10_000)
+        expect(level).to_be_hidden()
+        agent_leg = agent.active[-1]
+        call.hangup()
+        call.wait_ended()
+        call.wait_released()
+        agent_leg.wait_released()
+        call = None
+    finally:
+        context.close()
+        if call is not None:
+            call.hangup()
+        team.close()
+    assert not errors, errors
+    write_pcm(artifacts / "heard-in-browser.wav", b"".join(heard), 8000)
+    write_pcm(artifacts / "said-by-browser.wav", b"".join(said), 8000)
+    started = json.loads(next(t for t in texts if '"started"' in t))
+    assert started["mode"] == "whisper" and started["rate"] == 8000
+    assert json.loads(texts[0]) == {"type": "auth", "token": hotline.token("supervisor"),
+                                    "mode": "whisper"}
+    # The page heard caller and agent (the last seconds before it stopped)...
+    the_call = _pcm(heard[-150:])
+    assert band_energy_ratio(the_call, CALLER_HZ) > 0.05
+    assert band_energy_ratio(the_call, AGENT_HZ) > 0.05
+    # ...sent its microphone in 20 ms frames...
+    assert len(said) > 100 and {len(frame) for frame in said} == {320}
+    assert band_energy_ratio(_pcm(said[-100:]), SUPERVISOR_HZ) > 0.3
+    # ...which the agent heard, and the caller did not.
+    heard_by_agent = read_wav(agent.calls[-1].recording)  # type: ignore[arg-type]
+    heard_by_caller = read_wav(artifacts / "caller.wav")
+    half = heard_by_agent.rate // 2
+    both = [(band_energy_ratio(Pcm(heard_by_agent.samples[i:i + half], half * 2), CALLER_HZ),
+             band_energy_ratio(Pcm(heard_by_agent.samples[i:i + half], half * 2), SUPERVISOR_HZ))
+            for i in range(0, len(heard_by_agent.samples) - half, half)]
+    # While the caller spoke, the agent heard both: the whisper is mixed in, not switched.
+    assert sum(1 for caller, supervisor in both if caller > 0.2 and supervisor > 0.2) >= 4, both
+    assert band_energy_ratio(heard_by_caller, SUPERVISOR_HZ) < 0.01
+    events = hotline.call(record["call_id"])["events"]
+    assert [e["data"]["phone"] for e in events if e["kind"] == "monitor_started"] == ["browser"]
+    assert [e["data"]["reason"] for e in events if e["kind"] == "monitor_ended"] == [
+        "stopped by the supervisor"]
+    hotline.assert_nothing_left()

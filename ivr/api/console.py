@@ -19,6 +19,7 @@ PAGE = "index.html"
 ASSETS = {
     "console.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
+    "monitor-worklet.js": "text/javascript; charset=utf-8",
 }
 CONTENT_SECURITY_POLICY = "; ".join((
     "default-src 'self'",

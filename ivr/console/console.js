@@ -72,6 +72,11 @@
     overflow_to: ["溢出至", "overflow to"],
     overflowed: ["已溢出至", "overflowed to"],
     phone: ["我的话机", "My phone"],
+    monitor_via: ["监听方式", "Listen with"],
+    via_browser: ["本浏览器（耳机与麦克风）", "this browser (headset)"],
+    via_phone: ["我的话机", "my desk phone"],
+    monitor_stop: ["结束监听", "Stop"],
+    monitor_level: ["音量", "Level"],
     listen: ["监听", "Listen"],
     whisper: ["密语", "Whisper"],
     barge: ["强插", "Barge"],
@@ -79,6 +84,21 @@
     phone_needed: ["请填写您的话机（字母、数字、. _ -）", "Enter your phone (letters, digits, . _ -)"],
     monitor_sending: ["正在发起{mode}…", "Starting {mode}…"],
     monitor_ringing: ["正在呼叫您的话机 {phone}（{mode}）", "Ringing your phone {phone} ({mode})"],
+    monitor_browser: ["正在本浏览器中{mode}（{target}）", "{mode} in this browser ({target})"],
+    target_agent: ["坐席通话", "caller and agent"],
+    target_caller: ["客户（坐席尚未接通）", "the caller (no agent yet)"],
+    monitor_ended: ["监听已结束：通话已结束", "Monitoring ended: the call has ended"],
+    monitor_stopped: ["监听已结束", "Monitoring stopped"],
+    monitor_pbx_lost: ["监听中断：与电话交换机的连接已断开", "Monitoring cut: the PBX connection was lost"],
+    monitor_revoked: ["监听中断：令牌已吊销或过期", "Monitoring cut: the token was revoked or expired"],
+    monitor_lost: ["监听连接中断（{code}）", "Monitoring connection lost ({code})"],
+    monitor_4404: ["该通话已结束或不存在", "That call is no longer live"],
+    monitor_4409: ["坐席接通后才能密语或强插", "Whisper and barge need an agent on the call"],
+    monitor_4403: ["此令牌的角色无权监听通话", "This token's role may not listen to calls"],
+    monitor_4429: ["认证失败次数过多，请稍后再试", "Too many failed sign-ins; try again later"],
+    mic_failed: ["无法使用麦克风：{reason}", "The microphone cannot be used: {reason}"],
+    audio_failed: ["无法播放声音：{reason}", "Audio cannot be played: {reason}"],
+    listen_no_audio: ["监听模式不发送您的声音", "Listen mode does not send your voice"],
     speaker_caller: ["客户", "Caller"],
     speaker_agent: ["坐席", "Agent"],
     state_ringing: ["振铃", "ringing"],
@@ -119,6 +139,12 @@
 
   const TOKEN_KEY = "ivr.console.token"; // sessionStorage: gone when the tab closes
   const PHONE_KEY = "ivr.console.phone";
+  const VIA_KEY = "ivr.console.monitor_via";
+  const MONITOR_RATE = 8000; // what /api/v1/calls/{id}/listen carries, both ways
+  const MONITOR_CLOSES = {
+    1008: "monitor_revoked", 1011: "monitor_pbx_lost", 4401: "close_4401",
+    4403: "monitor_4403", 4404: "monitor_4404", 4409: "monitor_4409", 4429: "monitor_4429",
+  };
   const LANG_KEY = "ivr.console.lang";
   const RETRY_MAX_S = 10;
   const ENDED_LINGER_MS = 10000;
@@ -137,8 +163,9 @@
     calls: $("calls"), noCalls: $("no-calls"), regions: $("regions"),
     route: $("route"), routeRegion: $("route-region"), routeAgent: $("route-agent"),
     routeDecision: $("route-decision"), transcript: $("transcript"),
-    phone: $("phone"), monitorStatus: $("monitor-status"),
-    monitorButtons: [$("listen"), $("whisper"), $("barge")],
+    phone: $("phone"), monitorStatus: $("monitor-status"), via: $("monitor-via"),
+    monitorButtons: [$("listen"), $("whisper"), $("barge")], monitorStop: $("monitor-stop"),
+    monitorLevel: $("monitor-level"),
     health: $("health"),
   };
 
@@ -167,6 +194,7 @@
     loading: null, // { gen, buffered: [[kind, data]] } while earlier lines are fetched
     loadError: null,
     monitor: null, // { key, vars, raw, kind } of the last monitor request
+    listening: null, // the browser monitor in progress (see listenInBrowser)
     health: null, // the last /ready body, or "unreachable"
   };
 
@@ -542,7 +570,7 @@
   function select(callId) {
     if (callId === state.selected) return;
     state.selected = callId;
-    state.monitor = null;
+    if (!state.listening) state.monitor = null; // a monitor in progress keeps its status
     renderMonitor();
     renderBoard();
     loadSelected();
@@ -750,15 +778,23 @@
     const row = state.calls.get(state.selected);
     const live = Boolean(state.token && row && row.state !== "ended" && !row.ended_at);
     for (const button of ui.monitorButtons) button.disabled = !live;
+    ui.monitorStop.disabled = !state.listening;
+    ui.monitorLevel.hidden = !state.listening;
+    ui.phone.disabled = ui.via.value !== "phone";
   }
 
-  async function monitor(mode) {
-    const callId = state.selected;
-    const phone = ui.phone.value.trim();
-    if (!callId) {
+  function monitor(mode) {
+    if (!state.selected) {
       showMonitor({ key: "select_first", kind: "error" });
       return;
     }
+    if (ui.via.value === "phone") ringMyPhone(mode);
+    else listenInBrowser(mode);
+  }
+
+  async function ringMyPhone(mode) {
+    const callId = state.selected;
+    const phone = ui.phone.value.trim();
     if (!phone || !ui.phone.checkValidity()) {
       showMonitor({ key: "phone_needed", kind: "error" });
       return;
@@ -777,6 +813,140 @@
     }
   }
 
+  // In the browser: the call's audio over /api/v1/calls/{id}/listen into an AudioWorklet, and
+  // for whisper and barge the microphone back the same way (8 kHz 16-bit PCM both ways).
+
+  function listenUrl(callId) {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    return `${scheme}//${location.host}/api/v1/calls/${encodeURIComponent(callId)}/listen`;
+  }
+
+  async function listenInBrowser(mode) {
+    const callId = state.selected;
+    if (state.listening) endListening(state.listening, null); // one monitor at a time
+    const session = { callId, mode, ws: null, ctx: null, node: null, mic: null,
+      started: false, ended: false, level: 0, heard: 0, played: 0 };
+    state.listening = session;
+    updateMonitorButtons();
+    showMonitor({ key: "monitor_sending", vars: { mode }, kind: "" });
+    try {
+      // Made inside the click, so the browser lets it play; it runs at the socket's rate.
+      const ctx = new AudioContext({ sampleRate: MONITOR_RATE, latencyHint: "interactive" });
+      session.ctx = ctx;
+      await ctx.audioWorklet.addModule("/console/monitor-worklet.js");
+      const worklet = new AudioWorkletNode(ctx, "ivr-monitor", {
+        numberOfInputs: 1, numberOfOutputs: 1, outputChannelCount: [1] });
+      worklet.port.onmessage = (event) => fromWorklet(session, event.data);
+      worklet.connect(ctx.destination);
+      session.node = worklet;
+      if (mode !== "listen") {
+        // Echo cancellation keeps the call's own audio (played to the supervisor) out of
+        // the microphone. The browser's noise suppression and gain control are off: they
+        // fade out anything steady within a second or two, and contact-centre headsets
+        // suppress noise themselves.
+        session.mic = await navigator.mediaDevices.getUserMedia({ audio: {
+          channelCount: 1, echoCancellation: false, noiseSuppression: false,
+          autoGainControl: false } });
+        ctx.createMediaStreamSource(session.mic).connect(worklet);
+      }
+      await ctx.resume();
+    } catch (error) {
+      const key = mode !== "listen" && !session.mic && session.node ? "mic_failed" : "audio_failed";
+      endListening(session, { key, vars: { reason: error.message }, kind: "error" });
+      return;
+    }
+    if (session.ended) return; // stopped or replaced while the audio was being set up
+    const ws = new WebSocket(listenUrl(callId));
+    ws.binaryType = "arraybuffer";
+    session.ws = ws;
+    ws.addEventListener("open", () => {
+      ws.send(JSON.stringify({ type: "auth", token: state.token, mode }));
+    });
+    ws.addEventListener("message", (event) => onListenMessage(session, event.data));
+    ws.addEventListener("close", (event) => endListening(session, closedMonitor(event)));
+  }
+
+  function onListenMessage(session, data) {
+    if (session.ended) return;
+    if (typeof data === "string") {
+      let message;
+      try {
+        message = JSON.parse(data);
+      } catch {
+        return;
+      }
+      if (message.type === "started") {
+        session.started = true;
+        showMonitor({ key: "monitor_browser", kind: "ok",
+          vars: { mode: session.mode, target: message.target } });
+      } else if (message.type === "error") {
+        showMonitor({ key: "listen_no_audio", kind: "error" });
+      }
+      return;
+    }
+    const pcm = new Int16Array(data);
+    const samples = new Float32Array(pcm.length);
+    let energy = 0;
+    for (let i = 0; i < pcm.length; i += 1) {
+      samples[i] = pcm[i] / 32768;
+      energy += samples[i] * samples[i];
+    }
+    session.node.port.postMessage(samples, [samples.buffer]);
+    session.heard += pcm.length;
+    session.level = 0.8 * session.level + 0.2 * Math.sqrt(energy / Math.max(1, pcm.length));
+  }
+
+  function fromWorklet(session, message) {
+    if (session.ended) return;
+    if (message.type === "mic") {
+      const ws = session.ws;
+      if (!session.started || session.mode === "listen" || ws?.readyState !== WebSocket.OPEN) {
+        return;
+      }
+      const pcm = new Int16Array(message.samples.length);
+      for (let i = 0; i < pcm.length; i += 1) {
+        pcm[i] = Math.max(-32768, Math.min(32767, Math.round(message.samples[i] * 32767)));
+      }
+      ws.send(pcm.buffer);
+    } else if (message.type === "stats") {
+      session.played = message.played;
+      ui.monitorLevel.value = Math.min(1, session.level * 4);
+      ui.monitorLevel.dataset.heard = String(session.heard);
+      ui.monitorLevel.dataset.played = String(session.played);
+    }
+  }
+
+  function closedMonitor(event) {
+    if (event.code === 1000 && event.reason === "call ended") return { key: "monitor_ended" };
+    if (event.code === 1000) return { key: "monitor_stopped" };
+    const key = MONITOR_CLOSES[event.code];
+    if (key) return { key, kind: "error" };
+    if (event.code >= 4000 && event.reason) return { raw: event.reason, kind: "error" };
+    return { key: "monitor_lost", vars: { code: event.code }, kind: "error" };
+  }
+
+  function stopListening() {
+    const session = state.listening;
+    if (!session) return;
+    if (session.ws?.readyState === WebSocket.OPEN) {
+      session.ws.send(JSON.stringify({ type: "stop" })); // the server closes: "stopped"
+    } else {
+      endListening(session, { key: "monitor_stopped" });
+    }
+  }
+
+  function endListening(session, message) {
+    if (session.ended) return;
+    session.ended = true;
+    if (session.ws && session.ws.readyState <= WebSocket.OPEN) session.ws.close(1000);
+    for (const track of session.mic?.getTracks() ?? []) track.stop();
+    session.ctx?.close().catch(() => {});
+    if (state.listening !== session) return;
+    state.listening = null;
+    updateMonitorButtons();
+    if (message) showMonitor(message);
+  }
+
   function showMonitor(message) {
     state.monitor = message;
     renderMonitor();
@@ -792,6 +962,7 @@
     } else {
       const vars = { ...message.vars };
       if (vars.mode) vars.mode = t(vars.mode);
+      if (vars.target) vars.target = t(`target_${vars.target}`);
       ui.monitorStatus.textContent = t(message.key, vars);
     }
   }
@@ -805,6 +976,9 @@
     }
     for (const element of document.querySelectorAll("[data-i18n-placeholder]")) {
       element.placeholder = t(element.dataset.i18nPlaceholder);
+    }
+    for (const element of document.querySelectorAll("[data-i18n-title]")) {
+      element.title = t(element.dataset.i18nTitle);
     }
     document.title = t("title");
     // The button names the other language, in that language.
@@ -845,12 +1019,18 @@
   for (const button of ui.monitorButtons) {
     button.addEventListener("click", () => monitor(button.dataset.mode));
   }
+  ui.monitorStop.addEventListener("click", stopListening);
   ui.phone.addEventListener("change", () => {
     if (ui.phone.checkValidity()) localStorage.setItem(PHONE_KEY, ui.phone.value.trim());
+  });
+  ui.via.addEventListener("change", () => {
+    localStorage.setItem(VIA_KEY, ui.via.value);
+    updateMonitorButtons();
   });
   window.addEventListener("pagehide", () => {
     state.wanted = false;
     dropSocket();
+    if (state.listening) endListening(state.listening, null);
   });
   window.addEventListener("pageshow", (event) => {
     // Back from the back/forward cache: the socket was closed on the way out.
@@ -858,6 +1038,8 @@
   });
 
   ui.phone.value = localStorage.getItem(PHONE_KEY) ?? "";
+  ui.via.value = localStorage.getItem(VIA_KEY) === "phone" ? "phone" : "browser";
+  updateMonitorButtons();
   applyLanguage();
   setInterval(tickWaits, 1000);
   pollHealth();

@@ -21,9 +21,9 @@ goes with it) tears the whole monitor down.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -48,9 +48,13 @@ BROWSER = "browser"  # the ``phone`` of a monitor heard in the supervisor's brow
 MONITOR_RTP = RtpOptions(payload_types=MappingProxyType({0: "ulaw"}), sample_rate=8000)
 RATE = MONITOR_RTP.sample_rate
 FRAME_BYTES = MONITOR_RTP.frame_bytes  # 20 ms of 16-bit PCM, both ways
-# What the browser may send ahead of real time before frames are dropped (a burst after a
-# stall is fine, a flood is not).
-SPEAK_BURST_S = 0.5
+# The supervisor's voice is sent to Asterisk one frame every 20 ms, as a phone would: the
+# browser delivers it in bursts, and Asterisk's whisper mixing loses most of a bursty stream
+# while the call itself is loud. A few frames are held first to ride out those bursts; more
+# than half a second waiting (a flood, or a browser far ahead) drops the oldest.
+SPEAK_PREFILL_FRAMES = 3
+SPEAK_MAX_QUEUED = 25
+SPEAK_CATCH_UP = 3
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ class MonitorAudio:
     out of ``frames()`` as 20 ms little-endian PCM frames, with reordering and loss handled by
     the RTP receiver. ``speak()`` takes the browser's microphone (8 kHz little-endian PCM of
     any length), cuts it into 20 ms frames and sends them back to the channel's own RTP port,
-    from the same socket (symmetric RTP), at no more than real time plus a short burst.
+    from the same socket (symmetric RTP), paced at one frame per 20 ms.
     """
 
     def __init__(self, receiver: RtpReceiver, port: int, ports: PortPool) -> None:
@@ -79,9 +83,10 @@ class MonitorAudio:
         self.packer = RtpPacker(MONITOR_RTP)
         self.peer: Address | None = None  # Asterisk's end, from the channel's variables
         self._pending = bytearray()
-        self._started = time.monotonic()
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._pacer: asyncio.Task[None] | None = None
         self.spoken_frames = 0
-        self.dropped_frames = 0  # sent faster than real time, or before Asterisk's end is known
+        self.dropped_frames = 0  # too far ahead of real time, or Asterisk's end not yet known
         self.ended = asyncio.Event()
         self.end_reason = ""
 
@@ -91,24 +96,59 @@ class MonitorAudio:
             yield chunk.pcm
 
     def speak(self, pcm: bytes) -> None:
-        """Send the supervisor's voice (whisper and barge only; checked by the caller)."""
+        """Queue the supervisor's voice (whisper and barge only; checked by the caller)."""
+        if self.ended.is_set():
+            return
         self._pending += pcm
         while len(self._pending) >= FRAME_BYTES:
-            frame = bytes(self._pending[:FRAME_BYTES])
+            self._queue.append(bytes(self._pending[:FRAME_BYTES]))
             del self._pending[:FRAME_BYTES]
-            peer = self.peer or self.receiver.remote_addr
-            allowed = (time.monotonic() - self._started + SPEAK_BURST_S) * RATE * 2
-            if peer is None or (self.spoken_frames + 1) * FRAME_BYTES > allowed:
+            if len(self._queue) > SPEAK_MAX_QUEUED:
+                self._queue.popleft()
                 self.dropped_frames += 1
-                continue
-            self.receiver.send(self.packer.pack(frame), peer)
-            self.spoken_frames += 1
+        if self._pacer is None:
+            self._pacer = asyncio.get_running_loop().create_task(self._pace())
+
+    async def _pace(self) -> None:
+        # Frames are due at a steady 50 per second from the first one sent; a late wake-up
+        # (a busy machine) sends the frames it owes, at most SPEAK_CATCH_UP at once, so the
+        # average stays real time without ever bursting more than Asterisk's mixer keeps.
+        frame_s = FRAME_BYTES / 2 / RATE
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        due_sent = 0  # frames sent (or skipped while empty) since ``started``
+        waiting = True  # for the prefill, at the start and whenever the queue ran dry
+        while not self.ended.is_set():
+            await asyncio.sleep(max(0.0, started + (due_sent + 1) * frame_s - loop.time()))
+            due = int((loop.time() - started) / frame_s) - due_sent
+            if due > SPEAK_CATCH_UP:  # asleep for long: resume from now
+                due_sent += due - SPEAK_CATCH_UP
+                due = SPEAK_CATCH_UP
+            for _ in range(max(due, 0)):
+                due_sent += 1
+                if waiting and len(self._queue) < SPEAK_PREFILL_FRAMES:
+                    continue
+                waiting = not self._queue
+                if not waiting:
+                    self._send(self._queue.popleft())
+
+    def _send(self, frame: bytes) -> None:
+        peer = self.peer or self.receiver.remote_addr
+        if peer is None:
+            self.dropped_frames += 1
+            return
+        self.receiver.send(self.packer.pack(frame), peer)
+        self.spoken_frames += 1
 
     async def aclose(self, reason: str) -> None:
         """Stop both directions and give the port back; safe to call twice."""
         if not self.ended.is_set():
             self.end_reason = reason
             self.ended.set()
+        if self._pacer is not None:
+            self._pacer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pacer
         await self.receiver.aclose()
         self._ports.release(self.port)
 
