@@ -12,11 +12,15 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ivr.errors import IvrError
 from ivr.logs import configure_logging
 from ivr.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from ivr.asterisk.config import AgentAccount
+    from ivr.asterisk.instance import InstanceState
 
 log = logging.getLogger("ivr.cli")
 
@@ -161,16 +165,37 @@ def _poll_route(httpx: Any, url: str, token: str) -> dict[str, Any]:
 
 def cmd_agents(args: argparse.Namespace, settings: Settings) -> int:
     """``ivr agents``: register simulated agent phones and answer calls until interrupted."""
-    from ivr.sip.phone import AgentOptions, SipStack, stdout_to_stderr
-
-    instance = _instance(settings)
-    state = instance.load_state()
-    if state is None or instance.pid() is None:
-        raise IvrError(f"asterisk instance '{instance.name}' is not running")
+    state = _running_state(settings)
     accounts = [a for a in state.agents if a.region == args.region][: args.count]
     if not accounts:
         raise IvrError(f"no agent accounts for region '{args.region}' "
                        f"(regions: {', '.join(sorted({a.region for a in state.agents}))})")
+    return _run_phones(args, state.pbx, accounts, "calls_answered")
+
+
+def cmd_supervisor(args: argparse.Namespace, settings: Settings) -> int:
+    """``ivr supervisor``: a supervisor's desk phone (listen / whisper / barge rings it)."""
+    state = _running_state(settings)
+    account = next((a for a in state.supervisors if a.agent_id == args.phone), None)
+    if account is None:
+        known = ", ".join(a.agent_id for a in state.supervisors) or "none"
+        raise IvrError(f"no supervisor phone '{args.phone}' (configured: {known})")
+    return _run_phones(args, state.pbx, [account], "monitors_answered")
+
+
+def _running_state(settings: Settings) -> InstanceState:
+    instance = _instance(settings)
+    state: InstanceState | None = instance.load_state()
+    if state is None or instance.pid() is None:
+        raise IvrError(f"asterisk instance '{instance.name}' is not running")
+    return state
+
+
+def _run_phones(args: argparse.Namespace, pbx: str, accounts: list[AgentAccount],
+                summary_key: str) -> int:
+    """Register ``accounts`` as auto-answering phones until interrupted; JSON lines out."""
+    from ivr.sip.phone import AgentOptions, SipStack, stdout_to_stderr
+
     record_dir = Path(args.record_dir) if args.record_dir else None
     if record_dir is not None:
         try:  # made here: pjsua2 would fail on every call instead
@@ -182,8 +207,7 @@ def cmd_agents(args: argparse.Namespace, settings: Settings) -> int:
     options = AgentOptions(answer_after_s=args.answer_after, record_dir=record_dir,
                            play=Path(args.play) if args.play else None)
     with stdout_to_stderr() as out, SipStack() as stack:
-        phones = [stack.agent(a.agent_id, a.password, state.pbx, options)
-                  for a in accounts]
+        phones = [stack.agent(a.agent_id, a.password, pbx, options) for a in accounts]
         for phone in phones:
             phone.wait_registered()
             out.write(json.dumps({"agent_id": phone.agent_id, "registered": True}) + "\n")
@@ -194,7 +218,7 @@ def cmd_agents(args: argparse.Namespace, settings: Settings) -> int:
         except KeyboardInterrupt:
             pass
         summary = {p.agent_id: len(p.calls) for p in phones}
-        out.write(json.dumps({"calls_answered": summary}) + "\n")
+        out.write(json.dumps({summary_key: summary}) + "\n")
     return 0
 
 
@@ -354,6 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
     agents.add_argument("--play", default=None, metavar="WAV", help="what the agents say")
     agents.add_argument("--record-dir", default=None)
     agents.set_defaults(func=cmd_agents)
+    supervisor = sub.add_parser(
+        "supervisor", help="run a supervisor's desk phone (rung by listen / whisper / barge)")
+    supervisor.add_argument("--phone", default="supervisor-1")
+    supervisor.add_argument("--answer-after", type=float, default=0.5)
+    supervisor.add_argument("--play", default=None, metavar="WAV",
+                            help="what the supervisor says when whispering or barging")
+    supervisor.add_argument("--record-dir", default=None, help="keep what the phone heard")
+    supervisor.set_defaults(func=cmd_supervisor)
     account = sub.add_parser("account", help="customer accounts (for account-security calls)")
     account.add_argument("action", choices=("add",))
     account.add_argument("--id", required=True)

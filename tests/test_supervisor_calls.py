@@ -324,3 +324,51 @@ def test_browser_monitor_refusals_and_bad_frames(hotline: Hotline, agents: Agent
         call.hangup()
         call.wait_ended()
     hotline.assert_nothing_left()
+
+
+def test_ivr_supervisor_runs_a_desk_phone_that_monitors_answer(
+        hotline: Hotline, agents: Agents, sip_stack: SipStack, asterisk: RunningAsterisk,
+        artifacts: Path) -> None:
+    """`ivr supervisor --phone supervisor-1`: the desk phone a listen request rings."""
+    import signal
+    import subprocess
+    import sys
+
+    unknown = subprocess.run([sys.executable, "-m", "ivr.cli", "supervisor", "--phone",
+                              "agent-east-1"], env=hotline.env, capture_output=True, text=True,
+                             timeout=60, check=False)
+    assert unknown.returncode == 1
+    assert "no supervisor phone 'agent-east-1' (configured: supervisor-1" in unknown.stderr
+    records = artifacts / "supervisor-desk"
+    proc = subprocess.Popen([sys.executable, "-m", "ivr.cli", "supervisor", "--phone",
+                             "supervisor-1", "--answer-after", "0.2", "--record-dir",
+                             str(records)], env=hotline.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline()) == {"agent_id": "supervisor-1",
+                                                      "registered": True}
+        agents.register("east", tone_hz=AGENT_HZ)
+        call = dial_and_press(sip_stack, asterisk, "02166664444", "1")
+        record = hotline.wait_call(call.record.sip_call_id,
+                                   lambda c: c["state"] == "connected", 40)
+        started = httpx.post(f"{hotline.api}/calls/{record['call_id']}/monitor",
+                             json={"mode": "listen", "phone": "supervisor-1"},
+                             headers=hotline.headers("supervisor"), timeout=5)
+        assert started.status_code == 202, started.text
+        time.sleep(1.0)
+        call.play(write_tone(artifacts / "caller-tone.wav", CALLER_HZ, 3.0))
+        call.hangup()
+        call.wait_ended()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert json.loads(out.strip().splitlines()[-1]) == {
+        "monitors_answered": {"supervisor-1": 1}}
+    heard = _last(read_wav(next(records.glob("supervisor-1-*.wav"))), 2.0)
+    assert band_energy_ratio(heard, CALLER_HZ) > 0.05
+    assert band_energy_ratio(heard, AGENT_HZ) > 0.05
