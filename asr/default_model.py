@@ -32,6 +32,23 @@ MANIFEST = Path(os.environ.get("IVR_MODEL_MANIFEST", "")
                 or Path(__file__).resolve().parents[1] / "models" / "manifest.json")
 MODEL_NAME = "whisper-base"
 VERIFIED_MARK = ".verified"
+# Written into the folder of every random-weight test model (Whisper and ECAPA) by the tools
+# that build them; a service that loads such a folder says so in /ready.
+TEST_MODEL_MARK = "RANDOM-WEIGHTS-TEST-MODEL"
+TEST_MODEL_NOTE = ("Random weights, built for tests by scripts/make_test_models.py: it loads and "
+                   "runs like the real model, but what it hears or decides means nothing.\n")
+
+
+def is_test_model(folder: Path | None) -> bool:
+    """Whether ``folder`` holds a random-weight test model (see ``TEST_MODEL_MARK``)."""
+    return folder is not None and (folder / TEST_MODEL_MARK).is_file()
+
+
+def mark_test_model(folder: Path) -> None:
+    """Label a random-weight model folder as such (idempotent)."""
+    mark = folder / TEST_MODEL_MARK
+    if not mark.is_file():
+        mark.write_text(TEST_MODEL_NOTE)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,21 @@ class Readiness:
         self._reasons: dict[str, str] = {"ari": "not connected to ARI yet"}
         self._degraded: dict[str, str] = {}
         self._fatal: str | None = None
+        self._models: dict[str, dict[str, Any]] = {}
+
+    def model(self, part: str, name: str, folder: str, device: str, test_model: bool) -> None:
+        """Record the model a part loaded (shown to administrators); a random-weight test
+        model is also said in /ready, since what it hears or decides means nothing."""
+        self._models[part] = {"name": name, "folder": folder, "device": device,
+                              "test_model": test_model}
+        if test_model:
+            # The folder is for administrators (GET /models); /ready is public.
+            self.degrade(f"{part}_model", f"random-weight test model {name}: what it hears "
+                         "or decides means nothing; use a trained model")
+
+    def models(self) -> dict[str, dict[str, Any]]:
+        """Every model loaded, by part (asr, voiceprint)."""
+        return {part: dict(info) for part, info in self._models.items()}
 
     def degrade(self, name: str, reason: str) -> None:
         """Note a capability that is off without stopping calls (e.g. speech -> keypad only)."""

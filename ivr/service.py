@@ -212,6 +212,8 @@ async def load_speech(settings: Settings, store: Store, readiness: Readiness,
         except (AsrError, OSError, RuntimeError) as exc:  # onnxruntime raises plain errors
             readiness.degrade("vad", f"Silero VAD unusable, barge-in on webrtcvad alone: {exc}")
             log.warning("silero vad unusable", extra={"error": str(exc)})
+    readiness.model("asr", engine.model_name, str(model_dir), engine.device,
+                    default_model.is_test_model(model_dir))
     log.info("speech path ready", extra={"model": engine.model_name, "device": engine.device})
     return SpeechServices(engine, classifier,
                           PortPool(settings.asr.rtp_port_start, settings.asr.rtp_port_end,
@@ -266,7 +268,18 @@ async def load_voiceprint(settings: Settings, store: Store, readiness: Readiness
         assert embedder is not None
         log.info("voiceprint ready", extra={"model": embedder.model_id,
                                             "device": embedder.device})
+    if embedder is not None:
+        folder = _speaker_model_dir(settings)
+        readiness.model("voiceprint", embedder.model_id, str(folder or ""), embedder.device,
+                        default_model.is_test_model(folder))
     return service
+
+
+def _speaker_model_dir(settings: Settings) -> Path | None:
+    vp = settings.voiceprint
+    if vp.model == "dvector":
+        return vp.model_dir or dvector.installed_dir()
+    return default_ecapa_dir(settings)
 
 
 async def _load_speaker_model(settings: Settings) -> tuple[Embedder | None, str]:

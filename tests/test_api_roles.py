@@ -22,6 +22,7 @@ POLICY: dict[tuple[str, str], tuple[str, ...] | None] = {
     ("get", "/api/v1/health"): PUBLIC,
     ("get", "/api/v1/ready"): PUBLIC,
     ("get", "/metrics"): (A, S),
+    ("get", "/api/v1/models"): (A,),
     ("get", "/api/v1/calls"): (A, S, SEC),
     ("get", "/api/v1/calls/{call_id}"): (A, S, SEC, AG),
     ("get", "/api/v1/calls/{call_id}/transcript"): (A, S, SEC, AG),
@@ -135,6 +136,14 @@ def test_live_socket_needs_a_supervising_token(api: WiredApi) -> None:
                         (api.tokens["security"], 4403)):
         with client.websocket_connect("/api/v1/live") as ws:
             ws.send_json({"type": "auth", "token": token})
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_json()
+            assert closed.value.code == code
+    # The browser monitor's socket: the same roles; this app has no call control (4503).
+    for token, code in (("nope", 4401), (api.tokens["agent"], 4403),
+                        (api.tokens["security"], 4403), (api.tokens["supervisor"], 4503)):
+        with client.websocket_connect(f"/api/v1/calls/{api.call_id}/listen") as ws:
+            ws.send_json({"type": "auth", "token": token, "mode": "listen"})
             with pytest.raises(WebSocketDisconnect) as closed:
                 ws.receive_json()
             assert closed.value.code == code

@@ -126,6 +126,7 @@ def test_every_element_and_label_the_script_uses_exists() -> None:
     pairs = [pair for path in (CONSOLE.parents[1] / "ivr").rglob("*.py") for pair in re.findall(
         r'(?:degrade|\.set)\("(\w+)"|probe_forever\(readiness, "(\w+)"', path.read_text())]
     parts = {name for pair in pairs for name in pair if name}
+    parts |= {"asr_model", "voiceprint_model"}  # Readiness.model() names these
     assert parts >= {"ari", "asr", "vad", "voiceprint", "routing", "database", "ari_requests"}
     assert {f"part_{name}" for name in parts} <= set(labels), parts
 
@@ -591,3 +592,30 @@ def test_supervisor_listens_and_whispers_from_the_browser(
     assert [e["data"]["reason"] for e in events if e["kind"] == "monitor_ended"] == [
         "stopped by the supervisor"]
     hotline.assert_nothing_left()
+
+
+@browser_test
+def test_administrators_see_the_models_and_a_test_model_is_flagged(
+        console: ConsolePage, console_hotline: Hotline, tiny_whisper: Path,
+        artifacts: Path) -> None:
+    from playwright.sync_api import expect
+
+    page = console.page
+    console.open()
+    banner, models = page.locator("#health"), page.locator("#models")
+    # /ready is public: everyone sees that speech runs on a random-weight test model.
+    expect(banner).to_contain_text("语音识别使用测试模型（随机权重，识别结果无意义）")
+    console.connect(console_hotline.token("supervisor"))
+    expect(page.locator("#status")).to_have_attribute("data-status", "connected")
+    expect(models).to_be_hidden()  # the model details are for administrators
+    console.connect(console_hotline.token("admin"))
+    expect(models).to_be_visible()
+    asr = models.locator('[data-part="asr"]')
+    expect(asr).to_have_class("model test")
+    expect(asr).to_contain_text(f"语音识别: {tiny_whisper.name} (cpu)")
+    expect(asr).to_contain_text("测试模型，随机权重")
+    page.screenshot(path=str(artifacts / "console-models-zh.png"))
+    page.click("#lang")
+    expect(asr).to_contain_text("test model, random weights")
+    expect(banner).to_contain_text("speech recognition runs a test model")
+    page.screenshot(path=str(artifacts / "console-models-en.png"))

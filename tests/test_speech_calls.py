@@ -57,6 +57,19 @@ def _call_start(record: dict[str, object]) -> float:
     return datetime.fromisoformat(str(record["started_at"]).replace("Z", "+00:00")).timestamp()
 
 
+def test_a_random_weight_model_is_named_in_ready_and_to_administrators(
+        speech_hotline: Hotline, tiny_whisper: Path) -> None:
+    ready = httpx.get(f"{speech_hotline.api}/ready", timeout=5).json()
+    assert ready["ready"] is True  # it runs: calls are taken
+    assert "random-weight test model" in ready["degraded"]["asr_model"], ready
+    assert str(tiny_whisper) not in str(ready)  # no server paths on the public endpoint
+    assert "asr" not in ready["degraded"]
+    models = speech_hotline.get("/models", "admin").json()
+    assert models["asr"] == {"name": tiny_whisper.name, "folder": str(tiny_whisper),
+                             "device": "cpu", "test_model": True}
+    assert speech_hotline.get("/models", "supervisor").status_code == 403
+
+
 def test_spoken_utterance_is_stored_with_its_timing(speech_hotline: Hotline,
                                                      sip_stack: SipStack,
                                                      asterisk: RunningAsterisk,

@@ -55,8 +55,12 @@ def _transcript(hotline: Hotline, call_id: str) -> list[dict[str, Any]]:
 def test_ready_without_speech_degradation(hotline: Hotline, trained_whisper: Path) -> None:
     ready = httpx.get(f"{hotline.api}/ready", timeout=5).json()
     assert "asr" not in ready["degraded"] and "vad" not in ready["degraded"], ready
+    assert "asr_model" not in ready["degraded"], ready  # a trained model, not a test model
     assert "asr engine loaded" in hotline.log_tail(200)
     assert trained_whisper.name in hotline.log_tail(200)
+    models = hotline.get("/models", "admin").json()
+    assert models["asr"]["folder"] == str(trained_whisper)
+    assert models["asr"]["device"] == "cpu" and models["asr"]["test_model"] is False
 
 
 @pytest.mark.parametrize(("text", "language", "number", "region"), [

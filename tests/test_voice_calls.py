@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -138,6 +139,16 @@ def _asked(hotline: Hotline, call_id: str) -> list[str]:
     records = sorted(_attempts(hotline, call_id=call_id, kind="challenge"),
                      key=lambda r: r["seq"])
     return [r["challenge_expected"] for r in records]
+
+
+def test_test_models_are_named_in_ready(hotline: Hotline, models: tuple[Path, Path]) -> None:
+    """Both random-weight models (Whisper and ECAPA) are said in /ready and to admins."""
+    degraded = httpx.get(f"{hotline.api}/ready", timeout=5).json()["degraded"]
+    assert "random-weight test model" in degraded["asr_model"]
+    assert "random-weight test model" in degraded["voiceprint_model"]
+    loaded = hotline.get("/models", "admin").json()
+    assert loaded["voiceprint"]["folder"] == str(models[1])
+    assert loaded["voiceprint"]["test_model"] is True
 
 
 def test_phone_enrollment_after_tier_one(hotline: Hotline, sip_stack: SipStack,

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from asr.default_model import mark_test_model
+
 WHISPER_SDIST_VERSION = "20250625"
 D_MODEL = 64
 LAYERS = 2
@@ -246,10 +248,12 @@ def build_tiny_whisper(out_dir: Path | None = None, *, cache: Path | None = None
     """
     target = (out_dir or default_model_dir()).expanduser().resolve()
     if not force and (target / _COMPLETE_MARKER).is_file():
+        mark_test_model(target)  # folders cached before the label existed get it now
         return target
     assets = whisper_assets(cache)
     with _locked(target.with_name(target.name + ".lock")):
         if not force and (target / _COMPLETE_MARKER).is_file():
+            mark_test_model(target)
             return target
         try:
             from ctranslate2.converters import TransformersConverter
@@ -265,6 +269,7 @@ def build_tiny_whisper(out_dir: Path | None = None, *, cache: Path | None = None
                                                            "preprocessor_config.json"]
                                   ).convert(str(ct2_dir), force=True)
             (ct2_dir / "RECIPE").write_text(RECIPE + "\n")
+            mark_test_model(ct2_dir)
             (ct2_dir / _COMPLETE_MARKER).write_text("ok\n")
             if target.exists():
                 shutil.rmtree(target)

@@ -103,6 +103,13 @@ def create_app(services: ApiServices | Readiness) -> FastAPI:
                         degraded=readiness.degraded(), reasons=readiness.reasons())
         return JSONResponse(body.model_dump(), status_code=200 if not missing else 503)
 
+    @app.get("/api/v1/models", tags=["status"])
+    async def models(_: Annotated[Principal, Depends(allow("admin"))]
+                     ) -> dict[str, dict[str, Any]]:
+        """The models this process loaded, by part (administrators): name, folder, device and
+        whether it is a random-weight test model. A part that loaded none is absent."""
+        return readiness.models()
+
     @app.get("/metrics", tags=["status"], response_class=PlainTextResponse,
              responses={200: {"content": {"text/plain": {}}}})
     async def metrics(_: Annotated[Principal, Depends(allow("admin", "supervisor"))]

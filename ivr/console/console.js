@@ -63,6 +63,14 @@
     part_vad: ["语音检测已关闭", "voice detection off"],
     part_voiceprint: ["声纹验证已关闭，转人工核验", "voiceprint check off, experts verify"],
     part_routing: ["路由规则无效，使用备用队列", "routing rules invalid, fallback queue"],
+    part_asr_model: ["语音识别使用测试模型（随机权重，识别结果无意义）",
+      "speech recognition runs a test model (random weights: transcripts mean nothing)"],
+    part_voiceprint_model: ["声纹验证使用测试模型（随机权重，判定无意义）",
+      "voiceprint check runs a test model (random weights: decisions mean nothing)"],
+    models: ["模型：", "Models:"],
+    model_asr: ["语音识别", "speech"],
+    model_voiceprint: ["声纹", "voiceprint"],
+    model_test: ["测试模型，随机权重", "test model, random weights"],
     reason_open: ["营业时间内", "open"],
     reason_closed: ["非营业时间", "closed"],
     route_region: ["路由地区", "Routed to"],
@@ -166,7 +174,7 @@
     phone: $("phone"), monitorStatus: $("monitor-status"), via: $("monitor-via"),
     monitorButtons: [$("listen"), $("whisper"), $("barge")], monitorStop: $("monitor-stop"),
     monitorLevel: $("monitor-level"),
-    health: $("health"),
+    health: $("health"), models: $("models"),
   };
 
   const state = {
@@ -196,6 +204,7 @@
     monitor: null, // { key, vars, raw, kind } of the last monitor request
     listening: null, // the browser monitor in progress (see listenInBrowser)
     health: null, // the last /ready body, or "unreachable"
+    models: null, // GET /models (administrators only)
   };
 
   // -- text -------------------------------------------------------------------------------
@@ -284,6 +293,7 @@
     dropSocket();
     openSocket();
     updateMonitorButtons();
+    loadModels();
   }
 
   function disconnect() {
@@ -748,6 +758,30 @@
       ...problems.map((text) => node("span", "problem", text)));
   }
 
+  // Administrators (and only they: the endpoint says 403 to others) see the models in use.
+  async function loadModels() {
+    state.models = null;
+    try {
+      state.models = await api("/models");
+    } catch {
+      state.models = null; // not an administrator's token, or the service is unreachable
+    }
+    renderModels();
+  }
+
+  function renderModels() {
+    const models = state.models;
+    const parts = models ? Object.entries(models) : [];
+    ui.models.hidden = parts.length === 0;
+    ui.models.replaceChildren(node("strong", "", t("models")), ...parts.map(([part, info]) => {
+      const item = node("span", info.test_model ? "model test" : "model",
+        `${label(`model_${part}`) ?? part}: ${info.name} (${info.device})`);
+      item.dataset.part = part;
+      if (info.test_model) item.append(node("em", "", ` — ${t("model_test")}`));
+      return item;
+    }));
+  }
+
   function partText(name, reason) {
     const known_ = label(`part_${name}`);
     const head = known_ ?? name;
@@ -991,6 +1025,7 @@
     renderTranscript();
     renderMonitor();
     renderHealth();
+    renderModels();
   }
 
   // -- wiring -----------------------------------------------------------------------------

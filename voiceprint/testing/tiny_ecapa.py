@@ -19,6 +19,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from asr.default_model import mark_test_model
+
 N_MELS = 80
 CHANNELS = (64, 64, 64, 64, 192)
 KERNEL_SIZES = (5, 3, 3, 3, 1)
@@ -110,9 +112,11 @@ def build_tiny_ecapa(out_dir: Path | None = None) -> Path:
 
     final = (out_dir or default_model_dir()).expanduser().resolve()
     if (final / CHECKPOINT_NAME).is_file():
+        mark_test_model(final)  # folders cached before the label existed get it now
         return final
     with _locked(final.with_name(final.name + ".lock")):
         if (final / CHECKPOINT_NAME).is_file():
+            mark_test_model(final)
             return final
         staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         staging.chmod(0o755)  # mkdtemp makes it private; a model folder is not secret
@@ -125,6 +129,7 @@ def build_tiny_ecapa(out_dir: Path | None = None) -> Path:
                 hparams = load_hyperpyyaml(text)
             model: torch.nn.Module = hparams["embedding_model"]
             torch.save(model.state_dict(), staging / CHECKPOINT_NAME)
+            mark_test_model(staging)
             if final.exists():  # an incomplete folder left by something else; replace it
                 shutil.rmtree(final)
             os.rename(staging, final)
