@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,12 +186,51 @@ class EventTap:
         await self.stream.aclose()
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """One private PostgreSQL server for the session (Debian's binaries, a temporary cluster,
+    run as an unprivileged user); each test gets its own database from it."""
+    from ivr.store.postgres import LocalPostgres, PostgresUnavailable
+
+    # Under /tmp with mode 0755: the server's user must be able to enter every parent folder.
+    folder = Path(tempfile.mkdtemp(prefix="ivr-pg-"))
+    folder.chmod(0o755)
+    server = LocalPostgres(folder / "pg")
+    try:
+        server.start()
+    except PostgresUnavailable as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.skip(f"no PostgreSQL here ({exc}); scripts/host_packages installs it")
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_DATABASES = itertools.count(1)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database on each engine the store supports: SQLite in the test's folder,
+    and a new database on the session's PostgreSQL server."""
+    from ivr.store.db import sqlite_url
+
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path)
+    server = request.getfixturevalue("postgres")
+    url: str = server.create_database(f"ivr_test_{os.getpid()}_{next(_DATABASES)}")
+    return url
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Any:
-    """A migrated SQLite store in the test's folder (``ivr.sqlite3``)."""
-    from ivr.store.db import make_engine, migrate, sqlite_url
+def store(database_url: str) -> Iterator[Any]:
+    """A migrated store on SQLite (in the test's folder) and on PostgreSQL."""
+    from ivr.store.db import make_engine, migrate
     from ivr.store.repository import Store
 
-    engine = make_engine(sqlite_url(tmp_path))
+    engine = make_engine(database_url)
     migrate(engine)
-    return Store(engine)
+    yield Store(engine)
+    engine.dispose()

@@ -9,9 +9,10 @@ import logging
 import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from ivr.asterisk.instance import AriCredentials
 from ivr.health import LoopLag, Readiness, TaskGroup, probe_forever
@@ -19,6 +20,7 @@ from ivr.routing.acd import Distributor, agents_from_accounts
 from ivr.routing.manage import RuleBook
 from ivr.routing.service import RoutingService
 from ivr.settings import RoutingSettings
+from ivr.store.db import make_engine, url_of
 from ivr.store.journal import CallJournal
 from ivr.store.repository import Store, StoredCall
 
@@ -26,26 +28,46 @@ pytestmark = pytest.mark.unit
 REGIONS = ("north", "east", "south", "west")
 
 
-def _lock(tmp_path: Path) -> sqlite3.Connection:
-    lock = sqlite3.connect(tmp_path / "ivr.sqlite3", timeout=0, isolation_level=None)
-    lock.execute("BEGIN EXCLUSIVE")
-    return lock
+class _Lock:
+    """Another client holding the database's write lock: SQLite's exclusive lock, or on
+    PostgreSQL an ACCESS EXCLUSIVE lock on the tables calls are written to."""
+
+    def __init__(self, store: Store) -> None:
+        if store.engine.dialect.name == "sqlite":
+            self.connection: Any = sqlite3.connect(str(store.engine.url.database), timeout=0,
+                                                   isolation_level=None)
+            self.connection.execute("BEGIN EXCLUSIVE")
+        else:
+            import psycopg
+
+            url = store.engine.url
+            self.connection = psycopg.connect(host=url.host, port=url.port, user=url.username,
+                                              password=url.password, dbname=url.database)
+            self.connection.execute("LOCK TABLE calls, call_events, alembic_version "
+                                    "IN ACCESS EXCLUSIVE MODE")
+
+    def release(self) -> None:
+        self.connection.rollback() if hasattr(self.connection, "info") else \
+            self.connection.execute("ROLLBACK")
+        self.connection.close()
 
 
-async def test_journal_keeps_writes_while_the_database_is_locked(
-        store: Store, tmp_path: Path) -> None:
+LOCKED = ("database is locked", "lock timeout")  # SQLite's words, PostgreSQL's
+
+
+async def test_journal_keeps_writes_while_the_database_is_locked(store: Store) -> None:
     readiness = Readiness()
     journal = CallJournal(readiness, retry_every_s=0.1)
     call = store.create_call(channel_id="ch-1", caller_number="13800210000",
                              dialed_number="4008101111", sip_call_id=None)
-    lock = _lock(tmp_path)
+    lock = _Lock(store)
     try:
         first_at = datetime.now(UTC) - timedelta(seconds=5)
         kept = await journal.write("answered", lambda: store.record(
             call.id, "answered", {}, at=first_at, state="greeting"))
         assert kept is None and journal.pending == 1
         assert readiness.missing() == ["ari", "database"]
-        assert "locked" in readiness.reasons()["database"]
+        assert any(word in readiness.reasons()["database"] for word in LOCKED)
         # Later writes queue behind it (no database attempt), in order.
         assert await journal.write("routed", lambda: store.record(
             call.id, "routed", {"region": "east"}, state="queued")) is None
@@ -56,8 +78,7 @@ async def test_journal_keeps_writes_while_the_database_is_locked(
         await asyncio.sleep(0.3)
         assert journal.pending == 3  # still locked: nothing lost, nothing stored
     finally:
-        lock.execute("ROLLBACK")
-        lock.close()
+        lock.release()
     for _ in range(100):
         if journal.pending == 0:
             break
@@ -91,7 +112,7 @@ def test_fresh_call_matches_a_stored_one(store: Store) -> None:
     assert StoredCall.fresh("f" * 32, started_at=now, **values) == stored
 
 
-async def test_write_probe_follows_the_lock(store: Store, tmp_path: Path) -> None:
+async def test_write_probe_follows_the_lock(store: Store) -> None:
     readiness = Readiness()
     task = asyncio.create_task(probe_forever(
         readiness, "database", lambda: asyncio.to_thread(store.probe_write), 0.05, 1.0,
@@ -99,19 +120,21 @@ async def test_write_probe_follows_the_lock(store: Store, tmp_path: Path) -> Non
     try:
         await asyncio.sleep(0.2)
         assert readiness.checks()["database"] is True
-        lock = _lock(tmp_path)
+        lock = _Lock(store)
         await asyncio.sleep(0.6)
         assert readiness.checks()["database"] is False
-        assert "database is locked" in readiness.reasons()["database"]
-        lock.execute("ROLLBACK")
-        lock.close()
+        assert any(word in readiness.reasons()["database"] for word in LOCKED)
+        lock.release()
         await asyncio.sleep(0.6)
         assert readiness.checks()["database"] is True
     finally:
         task.cancel()
-    # The probe leaves the connection's normal busy timeout behind.
+    # The probe leaves the connections' normal lock timeout behind.
     with store.engine.connect() as connection:
-        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 2000
+        if store.engine.dialect.name == "sqlite":
+            assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 2000
+        else:
+            assert connection.exec_driver_sql("SHOW lock_timeout").scalar() == "2s"
 
 
 async def test_loop_lag_sees_a_blocked_loop() -> None:
@@ -146,8 +169,8 @@ def test_routing_decides_from_a_snapshot_refreshed_on_change(store: Store) -> No
     routing.refresh()
     before = routing.rules()
     # A change written behind the service's back: not seen until the next refresh...
-    with sqlite3.connect(store.engine.url.database) as db:  # type: ignore[arg-type]
-        db.execute("DELETE FROM routing_rules WHERE id = ?", (before[0].id,))
+    with make_engine(url_of(store.engine)).begin() as db:  # another process
+        db.execute(text("DELETE FROM routing_rules WHERE id = :id"), {"id": before[0].id})
     assert [r.id for r in routing.rules()] == [r.id for r in before]
     assert routing.refresh() is True
     assert before[0].id not in [r.id for r in routing.rules()]

@@ -10,13 +10,14 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import inspect, text
 
 from ivr.api.app import ApiServices, create_app
 from ivr.auth.tokens import TokenStore
 from ivr.health import Readiness
 from ivr.routing.service import RoutingService
 from ivr.settings import RoutingSettings
-from ivr.store.db import make_engine, migrate, sqlite_url
+from ivr.store.db import make_engine, migrate, newest_revision, sqlite_url, url_of
 from ivr.store.repository import Store
 
 pytestmark = pytest.mark.unit
@@ -29,20 +30,26 @@ def store(store: Store) -> Store:
     return store
 
 
-def test_database_is_wal_private_and_migrated(tmp_path: Path, store: Store) -> None:
+def test_schema_is_migrated(store: Store) -> None:
+    with store.engine.connect() as connection:
+        version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    assert version == newest_revision() == "0008"
+    assert {"calls", "call_events", "agents", "routing_rules", "callback_requests",
+            "transcripts", "api_tokens", "routing_rule_changes", "data_access_log",
+            "voiceprint_recordings", "rate_limits", "data_keys", "retention_purges"} <= set(
+        inspect(store.engine).get_table_names())
+
+
+def test_sqlite_database_is_wal_and_private(tmp_path: Path) -> None:
+    engine = make_engine(sqlite_url(tmp_path))
+    migrate(engine)
     path = tmp_path / "ivr.sqlite3"
     assert path.stat().st_mode & 0o077 == 0
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        version = db.execute("SELECT version_num FROM alembic_version").fetchone()[0]
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert version == "0008"
-    assert {"calls", "call_events", "agents", "routing_rules", "callback_requests",
-            "transcripts", "api_tokens", "routing_rule_changes", "data_access_log",
-            "voiceprint_recordings", "rate_limits", "data_keys", "retention_purges"} <= tables
 
 
-def test_call_lifecycle_is_recorded_and_found_by_either_id(tmp_path: Path, store: Store) -> None:
+def test_call_lifecycle_is_recorded_and_found_by_either_id(store: Store) -> None:
     call = store.create_call(channel_id="ch-1", caller_number="01012345678",
                              dialed_number="4008101111", sip_call_id="sip-abc", region="north")
     store.record(call.id, "routed", {"rule": "x"}, intent="billing", state="queued")
@@ -50,7 +57,7 @@ def test_call_lifecycle_is_recorded_and_found_by_either_id(tmp_path: Path, store
     store.record(call.id, "ended", {}, state="ended", ended_at=datetime.now(UTC),
                  hangup_cause="callback_requested")
     # A second connection (another process) sees everything that was acknowledged.
-    other = Store(make_engine(sqlite_url(tmp_path)))
+    other = Store(make_engine(url_of(store.engine)))
     for key in (call.id, "sip-abc"):
         got = other.get_call(key)
         assert got is not None and got.id == call.id
@@ -139,14 +146,14 @@ def test_transcript_is_stored_and_served_in_time_order(store: Store) -> None:
     assert client.get("/api/v1/calls/nope/transcript").status_code == 404
 
 
-def _engine_at(folder: Path, revision: str) -> Any:
-    """A SQLite database in ``folder`` migrated only up to ``revision`` (an older install)."""
+def _engine_at(url: str, revision: str) -> Any:
+    """A database migrated only up to ``revision`` (an older install)."""
     from alembic import command
     from alembic.config import Config
 
     from ivr.store.db import MIGRATIONS
 
-    engine = make_engine(sqlite_url(folder))
+    engine = make_engine(url)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
@@ -155,28 +162,29 @@ def _engine_at(folder: Path, revision: str) -> Any:
     return engine
 
 
-def test_upgrade_indexes_the_replay_prints_already_stored(tmp_path: Path) -> None:
+def test_upgrade_indexes_the_replay_prints_already_stored(database_url: str) -> None:
     """Migration 0006 fills the replay key index for fingerprints stored before it, with the
     keys voiceprint.replay makes today."""
     from voiceprint.replay import fingerprint, index_keys
 
-    engine = _engine_at(tmp_path, "0005")
+    engine = _engine_at(database_url, "0005")
     pcm = (np.sin(np.arange(48_000) / 7.0) * np.linspace(0, 8000, 48_000)).astype(np.int16)
     print_now = fingerprint(pcm)
-    with sqlite3.connect(tmp_path / "ivr.sqlite3") as db:
-        db.execute("INSERT INTO voiceprint_fingerprints (account_id, source, data, created_at) "
-                   "VALUES ('acct-1', 'attempt', ?, '2026-11-30 10:00:00')",
-                   (print_now.data,))
+    with engine.begin() as db:
+        db.execute(text("INSERT INTO voiceprint_fingerprints (account_id, source, data, "
+                        "created_at) VALUES ('acct-1', 'attempt', :data, "
+                        "'2026-11-30 10:00:00')"), {"data": print_now.data})
     migrate(engine)
     keys, frames = index_keys(print_now)
-    with sqlite3.connect(tmp_path / "ivr.sqlite3") as db:
-        stored = sorted(db.execute("SELECT key, frame FROM voiceprint_print_keys "
-                                   "WHERE account_id = 'acct-1'").fetchall())
+    with engine.connect() as db:
+        stored = sorted(tuple(row) for row in db.execute(text(
+            "SELECT key, frame FROM voiceprint_print_keys WHERE account_id = 'acct-1'")))
     assert stored == sorted(zip(keys.tolist(), frames.tolist(), strict=True))
     assert len(stored) > 100
 
 
-def test_upgrade_binds_agent_tokens_and_widens_sealed_columns(tmp_path: Path) -> None:
+def test_upgrade_binds_agent_tokens_and_widens_sealed_columns(database_url: str,
+                                                             tmp_path: Path) -> None:
     """Migrations 0007 and 0008 on a populated 0006 database: the newest live agent token named
     after an agent acts for it; numbers stored in clear survive the widened columns and are
     sealed (with the accounts' blind index filled) when the service opens the store."""
@@ -185,32 +193,37 @@ def test_upgrade_binds_agent_tokens_and_widens_sealed_columns(tmp_path: Path) ->
     from ivr.store.opening import open_store
     from ivr.verification.codes import AccountDirectory
 
-    engine = _engine_at(tmp_path, "0006")
-    with sqlite3.connect(tmp_path / "ivr.sqlite3") as db:
-        db.execute("INSERT INTO agents (id, region, skills, enabled, updated_at) "
-                   "VALUES ('agent-east-1', 'east', '[]', 1, '2026-11-01 00:00:00')")
+    engine = _engine_at(database_url, "0006")
+    with engine.begin() as db:
+        db.execute(text("INSERT INTO agents (id, region, skills, enabled, updated_at) "
+                        "VALUES ('agent-east-1', 'east', '[]', true, '2026-11-01 00:00:00')"))
         for token_id, name, created, revoked in (
                 ("t1", "agent-east-1", "2026-11-01", None),
                 ("t2", "agent-east-1", "2026-11-02", None),  # the newest live one
                 ("t3", "agent-east-1", "2026-11-03", "2026-11-04"),
                 ("t4", "no-such-agent", "2026-11-01", None)):
-            db.execute("INSERT INTO api_tokens (id, token_hash, role, name, created_at, "
-                       "expires_at, revoked_at) VALUES (?, ?, 'agent', ?, ?, '2027-01-01', ?)",
-                       (token_id, token_id * 16, name, created, revoked))
-        db.execute("INSERT INTO accounts (id, phone_number, voice_status, created_at) "
-                   "VALUES ('acct-1', '13800210000', 'none', '2026-11-01')")
-        db.execute("INSERT INTO calls (id, channel_id, caller_number, dialed_number, language, "
-                   "menu_path, state, overflow, started_at) VALUES ('c1', 'ch', '01062345678', "
-                   "'4008101111', 'zh', '[]', 'ended', 0, '2026-11-01')")
+            db.execute(text(
+                "INSERT INTO api_tokens (id, token_hash, role, name, created_at, expires_at, "
+                "revoked_at) VALUES (:id, :hash, 'agent', :name, :created, '2027-01-01', "
+                ":revoked)"), {"id": token_id, "hash": token_id * 16, "name": name,
+                               "created": created, "revoked": revoked})
+        db.execute(text("INSERT INTO accounts (id, phone_number, voice_status, created_at) "
+                        "VALUES ('acct-1', '13800210000', 'none', '2026-11-01')"))
+        db.execute(text(
+            "INSERT INTO calls (id, channel_id, caller_number, dialed_number, language, "
+            "menu_path, state, overflow, started_at) VALUES ('c1', 'ch', '01062345678', "
+            "'4008101111', 'zh', '[]', 'ended', false, '2026-11-01')"))
     migrate(engine)
-    with sqlite3.connect(tmp_path / "ivr.sqlite3") as db:
-        bound = dict(db.execute("SELECT id, agent_id FROM api_tokens").fetchall())
+    with engine.connect() as db:
+        bound = dict(tuple(row) for row in db.execute(text(
+            "SELECT id, agent_id FROM api_tokens")))
     assert bound == {"t1": None, "t2": "agent-east-1", "t3": None, "t4": None}
     assert TokenStore(engine).listing()  # the model reads the upgraded table
-    store = open_store(Settings(data_dir=tmp_path, voiceprint={"master_key": "ab" * 32}))
+    store = open_store(Settings(data_dir=tmp_path, database_url=database_url,
+                                voiceprint={"master_key": "ab" * 32}))
     call = store.get_call("c1")
     assert call is not None and call.caller_number == "01062345678"  # as it was stored
     assert AccountDirectory(store.engine).find_by_number("+8613800210000") is not None
-    with sqlite3.connect(tmp_path / "ivr.sqlite3") as db:
-        raw = db.execute("SELECT caller_number FROM calls").fetchone()[0]
+    with engine.connect() as db:
+        raw = db.execute(text("SELECT caller_number FROM calls")).scalar()
     assert raw.startswith("enc1:")

@@ -1,6 +1,6 @@
 """Tiny random-weight Whisper models in CTranslate2 format, built offline for tests.
 
-The recipe (DESIGN.md, "Model weights"): Whisper's real multilingual tokenizer comes from the
+The recipe: Whisper's real multilingual tokenizer comes from the
 ``openai-whisper`` sdist on PyPI (MIT, ``whisper/assets/multilingual.tiktoken``); transformers'
 ``TikTokenConverter`` turns it into the ``tokenizer.json`` faster-whisper needs (otherwise it would
 fetch one from the hub); a 2-layer random ``WhisperForConditionalGeneration`` saved next to it is

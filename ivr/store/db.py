@@ -13,6 +13,11 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # How long a write waits for another writer. Short: a locked database must not hold a call's
 # flow (the call journal keeps its writes and retries them, see ivr/store/journal.py).
 SQLITE_BUSY_TIMEOUT_MS = 2000
+# PostgreSQL: the same bound on waiting for a lock; a statement that runs away, or a session
+# left idle inside a transaction (holding locks), is ended by the server.
+PG_LOCK_TIMEOUT_MS = SQLITE_BUSY_TIMEOUT_MS
+PG_STATEMENT_TIMEOUT_MS = 30_000
+PG_IDLE_IN_TRANSACTION_MS = 60_000
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -46,7 +51,21 @@ def make_engine(url: str) -> Engine:
             # Caller numbers live here: readable by the service user only.
             os.chmod(path, 0o600)
         return engine
+    if url.startswith("postgresql"):
+        options = (f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} "
+                   f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS} "
+                   f"-c idle_in_transaction_session_timeout={PG_IDLE_IN_TRANSACTION_MS}")
+        return create_engine(url, pool_pre_ping=True, hide_parameters=True, pool_size=10,
+                             max_overflow=20, pool_timeout=10,
+                             connect_args={"options": options, "connect_timeout": 5,
+                                           "application_name": "ivr"})
     return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+
+
+def url_of(engine: Engine) -> str:
+    """The engine's URL with its password (``str(engine.url)`` masks it): for a second
+    engine on the same database, as another process would open it."""
+    return engine.url.render_as_string(hide_password=False)
 
 
 def newest_revision() -> str:

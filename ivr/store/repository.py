@@ -201,6 +201,16 @@ class Store:
     def probe_write(self) -> None:
         """Take the database's write lock and give it back at once (readiness probe): raises
         when writes would block or fail."""
+        if self.engine.dialect.name == "postgresql":
+            # A real write, rolled back: fails on a read-only server (a standby after a
+            # failover), a full disk or a lock held too long, not only on a dead connection.
+            with self.engine.connect() as connection, connection.begin() as transaction:
+                connection.exec_driver_sql("SET LOCAL lock_timeout = '200ms'")
+                connection.exec_driver_sql("SET LOCAL statement_timeout = '1s'")
+                connection.exec_driver_sql(
+                    "UPDATE alembic_version SET version_num = version_num")
+                transaction.rollback()
+            return
         if self.engine.dialect.name != "sqlite":
             with self.engine.connect() as connection:
                 connection.exec_driver_sql("SELECT 1")

@@ -1,6 +1,6 @@
 """A tiny random-weight ECAPA-TDNN in the folder layout of ``speechbrain/spkrec-ecapa-voxceleb``.
 
-The recipe (DESIGN.md, "Model weights"): a hand-written ``hyperparams.yaml`` describes an Fbank
+The recipe: a hand-written ``hyperparams.yaml`` describes an Fbank
 front end, sentence-level mean normalisation and a small ``ECAPA_TDNN``; a ``Pretrainer`` in it
 points at ``<pretrained_path>/embedding_model.ckpt``, next to which the seeded random
 ``state_dict`` is saved. ``EncoderClassifier.from_hparams(source=folder, savedir=...)`` loads it
