@@ -42,9 +42,10 @@ class WiredApi:
     token_id: str
 
 
-def wired_api(tmp: Path, ecapa: Path, security: SecuritySettings | None = None) -> WiredApi:
-    """Build the app on a fresh SQLite database in ``tmp``."""
-    engine = make_engine(sqlite_url(tmp))
+def wired_api(tmp: Path, ecapa: Path, security: SecuritySettings | None = None,
+              database_url: str | None = None) -> WiredApi:
+    """Build the app on a fresh database (``database_url``, or SQLite in ``tmp``)."""
+    engine = make_engine(database_url or sqlite_url(tmp))
     migrate(engine)
     store = Store(engine)
     routing = RoutingService(store, RoutingSettings(), REGIONS)

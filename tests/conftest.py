@@ -209,19 +209,42 @@ def postgres() -> Iterator[Any]:
 
 
 _DATABASES = itertools.count(1)
+# Every engine the store supports: parametrize a fixture with these and call new_database().
+ENGINES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty database on each engine the store supports: SQLite in the test's folder,
-    and a new database on the session's PostgreSQL server."""
+def new_database(request: pytest.FixtureRequest, folder: Path) -> str:
+    """A fresh, empty database on the engine of ``request.param``: SQLite in ``folder``, or a
+    new database on the session's PostgreSQL server."""
     from ivr.store.db import sqlite_url
 
     if request.param == "sqlite":
-        return sqlite_url(tmp_path)
+        return sqlite_url(folder)
     server = request.getfixturevalue("postgres")
     url: str = server.create_database(f"ivr_test_{os.getpid()}_{next(_DATABASES)}")
     return url
+
+
+def sql(url: str, statement: str, **params: Any) -> list[tuple[Any, ...]]:
+    """Run one statement on ``url`` from a connection of its own (as another client would,
+    e.g. a tamperer) and return the rows (none for writes, which are committed)."""
+    from sqlalchemy import text
+
+    from ivr.store.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            result = connection.execute(text(statement), params)
+            return [tuple(row) for row in result] if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=ENGINES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database on each engine the store supports (see ``new_database``)."""
+    return new_database(request, tmp_path)
 
 
 @pytest.fixture

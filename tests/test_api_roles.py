@@ -14,6 +14,8 @@ from fastapi.testclient import TestClient
 
 from ivr.auth.tokens import ROLES
 
+from conftest import ENGINES, new_database
+
 pytestmark = [pytest.mark.unit, pytest.mark.model]
 
 A, S, SEC, AG = "admin", "supervisor", "security", "agent"
@@ -51,11 +53,12 @@ POLICY: dict[tuple[str, str], tuple[str, ...] | None] = {
 }
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> WiredApi:
+@pytest.fixture(scope="module", params=ENGINES)
+def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> WiredApi:
     from voiceprint.testing.tiny_ecapa import build_tiny_ecapa
 
-    return wired_api(tmp_path_factory.mktemp("roles"), build_tiny_ecapa())
+    folder = tmp_path_factory.mktemp("roles")
+    return wired_api(folder, build_tiny_ecapa(), database_url=new_database(request, folder))
 
 
 def _url(api: WiredApi, path: str) -> str:

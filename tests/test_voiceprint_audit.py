@@ -6,14 +6,12 @@ import csv
 import dataclasses
 import io
 import json
-import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
 
+from ivr.store.db import make_engine
 from voiceprint.audit import (
     GENESIS_HASH,
     AuditChain,
@@ -25,6 +23,8 @@ from voiceprint.audit import (
 )
 from voiceprint.audit_store import AuditStore
 from voiceprint.errors import AuditChainError
+
+from conftest import sql
 
 pytestmark = pytest.mark.unit
 
@@ -57,24 +57,23 @@ def decision(i: int) -> AuditEntry:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[tuple[AuditStore, Path]]:
-    path = tmp_path / "audit.sqlite"
-    engine = create_engine(f"sqlite:///{path}")
+def db(database_url: str) -> Iterator[tuple[AuditStore, str]]:
+    engine = make_engine(database_url)
     store = AuditStore(engine, clock=Clock())
     store.create_schema()
     for i in range(1, COUNT + 1):
         store.append(decision(i))
-    yield store, path
+    yield store, database_url
     engine.dispose()
 
 
-def raw_sql(path: Path, *statements: str) -> None:
-    with sqlite3.connect(path) as conn:
-        for statement in statements:
-            conn.execute(statement)
+def raw_sql(url: str, *statements: str) -> None:
+    """What someone with write access to the database does behind the service's back."""
+    for statement in statements:
+        sql(url, statement)
 
 
-def test_appended_records_verify_and_read_back_exactly(db: tuple[AuditStore, Path]) -> None:
+def test_appended_records_verify_and_read_back_exactly(db: tuple[AuditStore, str]) -> None:
     store, _ = db
     records = store.records()
     assert [r.seq for r in records] == list(range(1, COUNT + 1))
@@ -88,7 +87,7 @@ def test_appended_records_verify_and_read_back_exactly(db: tuple[AuditStore, Pat
 
 
 def test_canonical_form_is_sorted_compact_and_excludes_the_hash(
-    db: tuple[AuditStore, Path],
+    db: tuple[AuditStore, str],
 ) -> None:
     record = db[0].records(limit=1)[0]
     text = record.canonical()
@@ -103,7 +102,7 @@ def test_canonical_form_is_sorted_compact_and_excludes_the_hash(
     [
         (["UPDATE voiceprint_audit SET decision = 'accept' WHERE seq = 12"], 12, 11, "hash"),
         (["UPDATE voiceprint_audit SET raw_score = 0.99 WHERE seq = 3"], 3, 2, "hash"),
-        (["UPDATE voiceprint_audit SET replay = 0 WHERE seq = 7"], 7, 6, "hash"),
+        (["UPDATE voiceprint_audit SET replay = false WHERE seq = 7"], 7, 6, "hash"),
         (["DELETE FROM voiceprint_audit WHERE seq = 9"], 10, 8, "seq gap"),
         (["DELETE FROM voiceprint_audit WHERE seq = 1"], 2, 0, "seq gap"),
         # Swap the content of two rows (order) by exchanging their seq numbers.
@@ -117,7 +116,7 @@ def test_canonical_form_is_sorted_compact_and_excludes_the_hash(
     ],
 )
 def test_tampering_in_the_database_names_the_first_broken_record(
-    db: tuple[AuditStore, Path], statements: list[str], broken: int, checked: int, reason: str
+    db: tuple[AuditStore, str], statements: list[str], broken: int, checked: int, reason: str
 ) -> None:
     store, path = db
     raw_sql(path, *statements)
@@ -128,7 +127,7 @@ def test_tampering_in_the_database_names_the_first_broken_record(
     assert result.checked == checked
 
 
-def test_a_forged_row_is_found_even_with_a_correct_hash(db: tuple[AuditStore, Path]) -> None:
+def test_a_forged_row_is_found_even_with_a_correct_hash(db: tuple[AuditStore, str]) -> None:
     store, path = db
     genuine = store.records()
     # The forger builds a well-formed record claiming to follow record 5 and appends it.
@@ -138,11 +137,11 @@ def test_a_forged_row_is_found_even_with_a_correct_hash(db: tuple[AuditStore, Pa
     cols = ("seq", "at", "kind", "call_id", "account_id", "masked_caller", "tier_results",
             "threshold", "decision", "replay", "prev_hash", "hash")
     values = (forged.seq, "2024-05-01 10:00:00.000000", "decision", forged.call_id,
-              forged.account_id, forged.masked_caller, "{}", "{}", "accept", 0,
+              forged.account_id, forged.masked_caller, "{}", "{}", "accept", False,
               forged.prev_hash, forged.hash)
-    with sqlite3.connect(path) as conn:
-        conn.execute(f"INSERT INTO voiceprint_audit ({', '.join(cols)}) "
-                     f"VALUES ({', '.join('?' * len(cols))})", values)
+    sql(path, f"INSERT INTO voiceprint_audit ({', '.join(cols)}) "
+              f"VALUES ({', '.join(':' + c for c in cols)})",
+        **dict(zip(cols, values, strict=True)))
     result = store.verify()
     assert (result.ok, result.first_broken_seq, result.checked) == (False, COUNT + 1, COUNT)
     assert "prev_hash" in (result.reason or "")
@@ -166,7 +165,7 @@ def test_verify_on_records_finds_insertion_duplicates_and_reordering() -> None:
     assert verify([]).ok
 
 
-def test_csv_export_has_a_header_and_only_masked_callers(db: tuple[AuditStore, Path]) -> None:
+def test_csv_export_has_a_header_and_only_masked_callers(db: tuple[AuditStore, str]) -> None:
     store, _ = db
     store.add_note(3, reviewer="=cmd|' /C calc'!A0", note="-2+3 checked by phone")
     text = store.to_csv(store.records(account_id="acct-0"))
@@ -186,7 +185,7 @@ def test_unmasked_numbers_are_refused() -> None:
     assert mask_caller("0301234567") == "********67"
 
 
-def test_notes_are_new_records_and_never_edits(db: tuple[AuditStore, Path]) -> None:
+def test_notes_are_new_records_and_never_edits(db: tuple[AuditStore, str]) -> None:
     store, _ = db
     before = store.records(call_id="call-12")
     note = store.add_note(12, reviewer="analyst-2", note="false reject: caller had a cold")
@@ -199,7 +198,7 @@ def test_notes_are_new_records_and_never_edits(db: tuple[AuditStore, Path]) -> N
         store.add_note(999, reviewer="analyst-2", note="x")
 
 
-def test_filters(db: tuple[AuditStore, Path]) -> None:
+def test_filters(db: tuple[AuditStore, str]) -> None:
     store, _ = db
     accepts = store.records(decision="accept")
     assert [r.seq for r in accepts] == list(range(1, COUNT + 1, 2))

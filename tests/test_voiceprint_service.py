@@ -4,7 +4,6 @@ lockout with an injected clock, deletion, audit chain, master key."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,11 +12,13 @@ import numpy as np
 import pytest
 
 from ivr.sip.audio import read_wav
-from ivr.store.db import make_engine, migrate, sqlite_url
+from ivr.store.db import make_engine, migrate
 from voiceprint.embedding import EmbedderOptions, load_embedder
 from voiceprint.errors import AudioRejected, ConsentMissing, TemplateError
 from voiceprint.service import VoiceprintService
 from voiceprint.templates import MasterKey
+
+from conftest import sql
 
 pytestmark = pytest.mark.model
 
@@ -58,15 +59,15 @@ def audio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> tuple[VoiceprintService, Clock, Path]:
+def service(database_url: str) -> tuple[VoiceprintService, Clock, str]:
     from voiceprint.testing.tiny_ecapa import build_tiny_ecapa
 
-    engine = make_engine(sqlite_url(tmp_path))
+    engine = make_engine(database_url)
     migrate(engine)
     clock = Clock()
     embedder = load_embedder(EmbedderOptions(model_dir=build_tiny_ecapa(), device="cpu"))
     key = MasterKey.from_config(os.urandom(32).hex())
-    return VoiceprintService(engine, embedder, key, clock=clock), clock, tmp_path / "ivr.sqlite3"
+    return VoiceprintService(engine, embedder, key, clock=clock), clock, database_url
 
 
 def _verify(svc: VoiceprintService, sample: np.ndarray, heard: str = "381904",
@@ -91,8 +92,7 @@ def test_enrollment_rules_and_template_at_rest(service: tuple, audio: dict) -> N
     assert record.kind == "enrollment" and record.decision == "enrolled"
     embedding = svc.embedder.embed(audio["enroll"]).mean(axis=0)
     embedding = (embedding / np.linalg.norm(embedding)).astype("<f4").tobytes()
-    with sqlite3.connect(db) as conn:
-        blob = conn.execute("SELECT ciphertext FROM voiceprint_templates").fetchone()[0]
+    blob = sql(db, "SELECT ciphertext FROM voiceprint_templates")[0][0]
     assert embedding[:16] not in blob, "the template must not be stored in clear"
 
 
@@ -140,9 +140,8 @@ def test_delete_removes_template_and_samples(service: tuple, audio: dict) -> Non
     svc, _clock, db = service
     svc.enroll("acct-1", audio["enroll"], consent=True)
     svc.delete("acct-1", by="security-reviewer")
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM voiceprint_templates").fetchone()[0] == 0
-        assert conn.execute("SELECT count(*) FROM voiceprint_fingerprints").fetchone()[0] == 0
+    assert sql(db, "SELECT count(*) FROM voiceprint_templates") == [(0,)]
+    assert sql(db, "SELECT count(*) FROM voiceprint_fingerprints") == [(0,)]
     assert _verify(svc, audio["attempt"]).decision == "no_enrollment"
 
 
@@ -185,8 +184,7 @@ def test_retained_audio_is_sealed_expires_and_goes_with_delete(service: tuple,  
     assert keeping.status("acct-1").retained_recordings == 0  # purged after expiry
     _verify(keeping, audio["attempt2"])
     keeping.delete("acct-1", by="security-reviewer")
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM voiceprint_recordings").fetchone()[0] == 0
+    assert sql(db, "SELECT count(*) FROM voiceprint_recordings") == [(0,)]
 
 
 def test_revoke_keeps_replay_prints_and_reenable_lifts_a_lockout(service: tuple,  # type: ignore[type-arg]
@@ -241,5 +239,4 @@ def test_a_replay_of_an_old_attempt_is_found_under_many_later_ones(
     assert again.replay and again.decision == "reject"
     assert compared[-1] <= INDEX_CANDIDATES + service_module.RECENT_PRINTS
     svc.delete("acct-1", by="reviewer")
-    with sqlite3.connect(_db) as conn:
-        assert conn.execute("SELECT count(*) FROM voiceprint_print_keys").fetchone()[0] == 0
+    assert sql(_db, "SELECT count(*) FROM voiceprint_print_keys") == [(0,)]

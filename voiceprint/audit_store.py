@@ -56,7 +56,7 @@ class AuditRow(AuditBase):
     challenge_expected: Mapped[str | None] = mapped_column(Text)
     challenge_heard: Mapped[str | None] = mapped_column(Text)
     model_id: Mapped[str | None] = mapped_column(String(128))
-    model_version: Mapped[str | None] = mapped_column(String(64))
+    model_version: Mapped[str | None] = mapped_column(String(80))
     threshold: Mapped[str] = mapped_column(Text)
     raw_score: Mapped[float | None] = mapped_column(Double)
     norm_score: Mapped[float | None] = mapped_column(Double)
