@@ -48,8 +48,8 @@ def test_migrations_build_exactly_the_models_schema(store: Store) -> None:
     from alembic.migration import MigrationContext
     from sqlalchemy import MetaData
 
-    from ivr.store.models import Base
     import voiceprint.store  # noqa: F401 - its tables join AuditBase's metadata
+    from ivr.store.models import Base
     from voiceprint.audit_store import AuditBase
 
     expected = MetaData()
