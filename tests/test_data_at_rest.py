@@ -3,9 +3,9 @@ the retention job — on real SQLite files, read back byte for byte."""
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,23 +16,44 @@ from sqlalchemy import text
 from ivr.settings import Settings
 from ivr.store import crypto
 from ivr.store.crypto import FieldKeyError, FieldKeys
-from ivr.store.db import make_engine, migrate, sqlite_url
+from ivr.store.db import make_engine, migrate
 from ivr.store.opening import open_store, purge_once
 from ivr.store.repository import Store
 from ivr.verification.codes import AccountDirectory, OutboxSender
 from voiceprint.templates import MasterKey, open_template
 
+from conftest import sql
+
 pytestmark = pytest.mark.unit
 OLD, NEW = MasterKey(b"\x01" * 32), MasterKey(b"\x02" * 32)
 
 
-def _files(folder: Path) -> bytes:
-    return b"".join(p.read_bytes() for p in folder.glob("ivr.sqlite3*"))
+@pytest.fixture
+def on_disk(request: pytest.FixtureRequest, database_url: str) -> Callable[[], bytes]:
+    """The bytes of the test's database as stored on disk: SQLite's file and WAL, or on
+    PostgreSQL the database's own folder after a CHECKPOINT (the server's WAL is shared by
+    every test database, so it is not read)."""
+    engine = make_engine(database_url)
+
+    def read() -> bytes:
+        if engine.dialect.name == "sqlite":
+            path = Path(str(engine.url.database))
+            return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+        server = request.getfixturevalue("postgres")
+        with engine.connect() as connection:
+            connection.execution_options(isolation_level="AUTOCOMMIT").execute(
+                text("CHECKPOINT"))
+            oid = connection.execute(text(
+                "SELECT oid FROM pg_database WHERE datname = current_database()")).scalar()
+        return b"".join(p.read_bytes() for p in (server.data / "base" / str(oid)).iterdir()
+                        if p.is_file())
+
+    return read
 
 
-def _sealed_store(folder: Path, master: MasterKey = OLD,
+def _sealed_store(url: str, master: MasterKey = OLD,
                   previous: tuple[MasterKey, ...] = ()) -> Store:
-    engine = make_engine(sqlite_url(folder))
+    engine = make_engine(url)
     migrate(engine)
     crypto.install(engine, FieldKeys(engine, master, previous))
     return Store(engine)
@@ -49,8 +70,9 @@ def _call(store: Store, number: str = "+8613800210000") -> str:
     return call.id
 
 
-def test_numbers_and_transcripts_are_sealed_on_disk(tmp_path: Path) -> None:
-    store = _sealed_store(tmp_path)
+def test_numbers_and_transcripts_are_sealed_on_disk(database_url: str,
+                                                    on_disk: Callable[[], bytes]) -> None:
+    store = _sealed_store(database_url)
     call_id = _call(store)
     accounts = AccountDirectory(store.engine)
     accounts.add("acct-1", "13800210000")
@@ -62,24 +84,23 @@ def test_numbers_and_transcripts_are_sealed_on_disk(tmp_path: Path) -> None:
     assert store.transcript(call_id)[0].text == "我的账单不对 my bill is wrong"
     assert accounts.find_by_number("+86 138 0021 0000") == accounts.get("acct-1")
     # ...while the files hold none of it.
-    on_disk = _files(tmp_path)
+    stored = on_disk()
+    assert b"voiceprint_audit" in stored or len(stored) > 8192  # the reader sees the data
     for clear in ("13800210000", "12345600", "账单".encode().decode(), "my bill", "123456"):
-        assert clear.encode() not in on_disk, clear
-    with sqlite3.connect(tmp_path / "ivr.sqlite3") as db:
-        stored = db.execute("SELECT caller_number FROM calls").fetchone()[0]
-    assert stored.startswith("enc1:")
+        assert clear.encode() not in stored, clear
+    assert sql(database_url, "SELECT caller_number FROM calls")[0][0].startswith("enc1:")
 
 
-def test_input_that_looks_sealed_is_sealed_too(tmp_path: Path) -> None:
-    store = _sealed_store(tmp_path)
+def test_input_that_looks_sealed_is_sealed_too(database_url: str) -> None:
+    store = _sealed_store(database_url)
     call_id = _call(store, "enc1:1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")  # a hostile caller id
     call = store.get_call(call_id)
     assert call is not None and call.caller_number == "enc1:1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
     assert len(store.list_calls()) == 1  # the table still reads
 
 
-def test_a_sealed_value_does_not_open_elsewhere_or_altered(tmp_path: Path) -> None:
-    store = _sealed_store(tmp_path)
+def test_a_sealed_value_does_not_open_elsewhere_or_altered(database_url: str) -> None:
+    store = _sealed_store(database_url)
     call_id = _call(store)
     with store.engine.begin() as connection:
         # The callback number's ciphertext copied into the caller number: refused by name.
@@ -93,7 +114,7 @@ def test_a_sealed_value_does_not_open_elsewhere_or_altered(tmp_path: Path) -> No
     with pytest.raises(FieldKeyError):
         store.transcript(call_id)
     # A process without the master key cannot read what is sealed (and says why).
-    bare = Store(make_engine(sqlite_url(tmp_path)))
+    bare = Store(make_engine(database_url))
     with pytest.raises(FieldKeyError, match="no master key"):
         bare.list_calls()
     # Over the API that is a 503 naming the cause, not an internal error.
@@ -110,28 +131,33 @@ def test_a_sealed_value_does_not_open_elsewhere_or_altered(tmp_path: Path) -> No
     assert answer.status_code == 503 and "no master key" in answer.json()["message"]
 
 
-def test_values_stored_in_clear_before_are_sealed_at_start(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, voiceprint={"master_key": "ab" * 32})
+def test_values_stored_in_clear_before_are_sealed_at_start(
+        tmp_path: Path, database_url: str, on_disk: Callable[[], bytes]) -> None:
+    settings = Settings(data_dir=tmp_path, database_url=database_url,
+                        voiceprint={"master_key": "ab" * 32})
     clear = open_store(settings, seal=False)
     call_id = _call(clear)
     AccountDirectory(clear.engine).add("acct-1", "13800210000")
-    assert b"13800210000" in _files(tmp_path)
+    assert b"13800210000" in on_disk()
     sealed = open_store(settings)  # what `ivr serve` does at start
-    with sealed.engine.connect() as connection:
-        connection.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+    if sealed.engine.dialect.name == "sqlite":
+        with sealed.engine.connect() as connection:
+            connection.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
     call = sealed.get_call(call_id)
     assert call is not None and call.caller_number == "+8613800210000"
     assert AccountDirectory(sealed.engine).find_by_number("13800210000") is not None
-    with sqlite3.connect(tmp_path / "ivr.sqlite3") as db:
-        values = [v for row in db.execute(
-            "SELECT caller_number, callback_number FROM calls UNION ALL "
-            "SELECT phone_number, phone_index FROM accounts") for v in row]
+    values = [v for row in sql(database_url,
+                               "SELECT caller_number, callback_number FROM calls UNION ALL "
+                               "SELECT phone_number, phone_index FROM accounts") for v in row]
     assert values and all(v.startswith("enc1:") or len(v) == 40 for v in values), values
+    # Not only the rows: the clear values have left the database's files too.
+    stored = on_disk()
+    for number in (b"13800210000", b"12345600"):
+        assert number not in stored, number
     assert crypto.seal_existing(sealed.engine) == 0  # nothing left to seal
 
-
-def test_new_data_key_and_master_rotation_without_downtime(tmp_path: Path) -> None:
-    store = _sealed_store(tmp_path, OLD)
+def test_new_data_key_and_master_rotation_without_downtime(database_url: str) -> None:
+    store = _sealed_store(database_url, OLD)
     first = _call(store, "+8613800210001")
     running = crypto.keys_for(store.engine)
     assert running is not None
@@ -155,7 +181,7 @@ def test_new_data_key_and_master_rotation_without_downtime(tmp_path: Path) -> No
             key_nonce=template.key_nonce, key_id=template.key_id, version=template.version,
             model_id="dvector", model_version="v", created_at=datetime.now(UTC)))
     # Step 1: processes restart with NEW as the master and OLD as the previous key.
-    restarted = _sealed_store(tmp_path, NEW, (OLD,))
+    restarted = _sealed_store(database_url, NEW, (OLD,))
     assert restarted.get_call(first) is not None
     # Step 2: re-wrap everything under NEW while the old process keeps going.
     counts = crypto.rotate_master(restarted.engine, [OLD], NEW)
@@ -164,7 +190,7 @@ def test_new_data_key_and_master_rotation_without_downtime(tmp_path: Path) -> No
     got = store.get_call(first)
     assert got is not None and got.caller_number == "+8613800210001"  # ...and reads
     # Step 3: the previous key is dropped; NEW alone opens every value and the template.
-    only_new = _sealed_store(tmp_path, NEW)
+    only_new = _sealed_store(database_url, NEW)
     assert [only_new.get_call(c).caller_number for c in (first, second, third)  # type: ignore[union-attr]
             ] == ["+8613800210001", "+8613800210002", "+8613800210003"]
     with only_new.engine.connect() as connection:
@@ -177,7 +203,7 @@ def test_new_data_key_and_master_rotation_without_downtime(tmp_path: Path) -> No
     assert service.reenroll_reason(row) is None  # type: ignore[arg-type]
     # The old key alone no longer opens the data keys.
     with pytest.raises(FieldKeyError, match="not configured"):
-        _sealed_store(tmp_path, OLD)
+        _sealed_store(database_url, OLD)
 
 
 def test_rotation_through_the_cli(tmp_path: Path) -> None:

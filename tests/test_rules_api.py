@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -21,7 +20,7 @@ from ivr.routing.manage import MAX_EXPORT_BYTES, diff_bodies, parse_if_match
 from ivr.routing.rules import rules_from_yaml
 from ivr.routing.service import RoutingService
 from ivr.settings import RoutingSettings, SecuritySettings
-from ivr.store.db import make_engine, migrate, sqlite_url
+from ivr.store.db import make_engine, migrate
 from ivr.store.repository import Store
 
 pytestmark = pytest.mark.unit
@@ -47,8 +46,8 @@ class Api:
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[Api]:
-    engine = make_engine(sqlite_url(tmp_path))
+def api(database_url: str) -> Iterator[Api]:
+    engine = make_engine(database_url)
     migrate(engine)
     store = Store(engine)
     settings = RoutingSettings(agent_skills={"agent-north-1": ["billing_expert", "security"]})

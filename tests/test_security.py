@@ -28,7 +28,7 @@ import yaml
 from api_app import WiredApi, wired_api
 from fastapi.testclient import TestClient
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError
 from starlette.websockets import WebSocketDisconnect
 
 from ivr.api import guard
@@ -44,7 +44,7 @@ from ivr.routing.manage import MAX_EXPORT_BYTES, RuleBook, RuleSetFull
 from ivr.routing.rule_schema import MAX_RULES
 from ivr.routing.service import RoutingService
 from ivr.settings import RoutingSettings, SecuritySettings
-from ivr.store.db import make_engine, migrate, sqlite_url
+from ivr.store.db import make_engine, migrate
 from ivr.store.repository import Store
 from ivr.verification.codes import Account, CodeOptions, OneTimeCodes, OutboxSender
 
@@ -278,9 +278,9 @@ def test_a_token_revoked_by_another_process_closes_its_live_socket(api: WiredApi
         assert closed.value.code == 1008 and "revoked" in (closed.value.reason or "")
 
 
-def test_an_expired_token_closes_its_live_socket(tmp_path: Path) -> None:
+def test_an_expired_token_closes_its_live_socket(database_url: str) -> None:
     now = [datetime(2026, 1, 1, tzinfo=UTC)]
-    engine = make_engine(sqlite_url(tmp_path))
+    engine = make_engine(database_url)
     migrate(engine)
     tokens = TokenStore(engine, clock=lambda: now[0])
     token, _ = tokens.create("supervisor", "short", ttl=timedelta(minutes=5))
@@ -363,9 +363,9 @@ def test_token_names_are_printable_text(api: WiredApi, name: str) -> None:
     assert ok.status_code == 201
 
 
-def test_an_expired_agent_token_makes_way_and_races_make_one(tmp_path: Path) -> None:
+def test_an_expired_agent_token_makes_way_and_races_make_one(database_url: str) -> None:
     now = [datetime(2026, 1, 1, tzinfo=UTC)]
-    engine = make_engine(sqlite_url(tmp_path))
+    engine = make_engine(database_url)
     migrate(engine)
     Store(engine).upsert_agents([("agent-west-1", "west", [])])
     tokens = TokenStore(engine, clock=lambda: now[0])
@@ -378,7 +378,7 @@ def test_an_expired_agent_token_makes_way_and_races_make_one(tmp_path: Path) -> 
         tokens.create("agent")
     # Two processes at once: the unique index of live agent tokens lets one through.
     tokens.revoke(fresh.id)
-    other = TokenStore(make_engine(sqlite_url(tmp_path)), clock=lambda: now[0])
+    other = TokenStore(make_engine(database_url), clock=lambda: now[0])
     results: list[str] = []
 
     def make(store: TokenStore) -> None:
@@ -399,8 +399,8 @@ def test_an_expired_agent_token_makes_way_and_races_make_one(tmp_path: Path) -> 
 # ---- throttles --------------------------------------------------------------------------------
 
 
-def _throttled_app(tmp_path: Path, clock: list[float], limit: int = 5) -> tuple[Any, str]:
-    engine = make_engine(sqlite_url(tmp_path))
+def _throttled_app(database_url: str, clock: list[float], limit: int = 5) -> tuple[Any, str]:
+    engine = make_engine(database_url)
     migrate(engine)
     tokens = TokenStore(engine)
     good, _ = tokens.create("admin", "good")
@@ -411,9 +411,9 @@ def _throttled_app(tmp_path: Path, clock: list[float], limit: int = 5) -> tuple[
     return app, good
 
 
-def test_failed_authentication_is_throttled_per_source(tmp_path: Path) -> None:
+def test_failed_authentication_is_throttled_per_source(database_url: str) -> None:
     clock = [1_800_000_000.0]
-    app, good = _throttled_app(tmp_path, clock)
+    app, good = _throttled_app(database_url, clock)
     client = TestClient(app)
     codes = [client.get("/api/v1/tokens", headers={"Authorization": f"Bearer wrong{i}"})
              .status_code for i in range(8)]
@@ -437,10 +437,10 @@ def test_failed_authentication_is_throttled_per_source(tmp_path: Path) -> None:
                       ).status_code == 200
 
 
-def test_the_failure_count_is_shared_by_processes(tmp_path: Path) -> None:
+def test_the_failure_count_is_shared_by_processes(database_url: str) -> None:
     clock = [1_800_000_000.0]
-    first, _ = _throttled_app(tmp_path, clock)
-    second, good = _throttled_app(tmp_path, clock)  # another app on the same database
+    first, _ = _throttled_app(database_url, clock)
+    second, good = _throttled_app(database_url, clock)  # another app on the same database
     for i in range(5):
         app = (first, second)[i % 2]
         assert TestClient(app).get("/api/v1/tokens", headers={
@@ -450,10 +450,10 @@ def test_the_failure_count_is_shared_by_processes(tmp_path: Path) -> None:
         "Authorization": "Bearer wrong"}).status_code == 429
 
 
-def test_throttle_counts_are_atomic_across_threads(tmp_path: Path) -> None:
-    engine = make_engine(sqlite_url(tmp_path))
+def test_throttle_counts_are_atomic_across_threads(database_url: str) -> None:
+    engine = make_engine(database_url)
     migrate(engine)
-    throttles = [Throttle(make_engine(sqlite_url(tmp_path)), lambda: 1_800_000_000.0)
+    throttles = [Throttle(make_engine(database_url), lambda: 1_800_000_000.0)
                  for _ in range(4)]
     workers = [threading.Thread(target=lambda t=t: [t.hit("k:x", 60) for _ in range(25)])
                for t in throttles]
@@ -467,8 +467,8 @@ def test_throttle_counts_are_atomic_across_threads(tmp_path: Path) -> None:
     assert stored and all("x" not in k.split(":")[1][:1] for k in stored) and stored[0] != "k:x"
 
 
-def test_one_time_codes_are_limited_per_account(tmp_path: Path) -> None:
-    engine = make_engine(sqlite_url(tmp_path))
+def test_one_time_codes_are_limited_per_account(database_url: str) -> None:
+    engine = make_engine(database_url)
     migrate(engine)
     from ivr.verification.codes import AccountDirectory
 
@@ -478,7 +478,7 @@ def test_one_time_codes_are_limited_per_account(tmp_path: Path) -> None:
     options = CodeOptions(max_sends=3, send_window_s=3600)
     # Two processes' worth of code services on one database share the count.
     services = [OneTimeCodes(engine, outbox, options),
-                OneTimeCodes(make_engine(sqlite_url(tmp_path)), outbox, options)]
+                OneTimeCodes(make_engine(database_url), outbox, options)]
     for i in range(3):
         services[i % 2].issue(account, None)
     with pytest.raises(Limited) as limited:
@@ -490,8 +490,8 @@ def test_one_time_codes_are_limited_per_account(tmp_path: Path) -> None:
     services[0].issue(other, None)  # another account has its own count
 
 
-def test_failure_throttle_remembers_blocks_in_memory(tmp_path: Path) -> None:
-    engine = make_engine(sqlite_url(tmp_path))
+def test_failure_throttle_remembers_blocks_in_memory(database_url: str) -> None:
+    engine = make_engine(database_url)
     migrate(engine)
     clock = [1_800_000_030.0]
     failures = FailureThrottle(Throttle(engine, lambda: clock[0]), limit=2, window_s=60)
@@ -518,8 +518,8 @@ def _many_rules(count: int) -> str:
         for i in range(count)]})
 
 
-def test_one_rule_set_limit_for_every_path_and_export_reimports(tmp_path: Path) -> None:
-    engine = make_engine(sqlite_url(tmp_path))
+def test_one_rule_set_limit_for_every_path_and_export_reimports(database_url: str) -> None:
+    engine = make_engine(database_url)
     migrate(engine)
     store = Store(engine)
     routing = RoutingService(store, RoutingSettings(), REGIONS)
@@ -566,15 +566,22 @@ def test_documentation_pages_are_off_unless_configured(tmp_path: Path) -> None:
     assert on.get("/docs").status_code == 200 and on.get("/redoc").status_code == 200
 
 
-def test_database_errors_never_carry_statement_parameters(tmp_path: Path) -> None:
-    engine = make_engine(sqlite_url(tmp_path))
+def test_database_errors_never_carry_statement_parameters(database_url: str) -> None:
+    engine = make_engine(database_url)
     migrate(engine)
     store = Store(engine)
     with engine.begin() as connection:
-        connection.execute(text("CREATE TRIGGER no_calls BEFORE INSERT ON calls "
-                                "BEGIN SELECT RAISE(ABORT, 'forced by the test'); END"))
+        if engine.dialect.name == "sqlite":
+            connection.execute(text("CREATE TRIGGER no_calls BEFORE INSERT ON calls "
+                                    "BEGIN SELECT RAISE(ABORT, 'forced by the test'); END"))
+        else:
+            connection.execute(text(
+                "CREATE FUNCTION no_calls() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'forced by the test'; END $$"))
+            connection.execute(text("CREATE TRIGGER no_calls BEFORE INSERT ON calls "
+                                    "FOR EACH ROW EXECUTE FUNCTION no_calls()"))
     number = "021" + "12345601"  # not as one literal: the traceback shows this source line
-    with pytest.raises(IntegrityError) as raised:
+    with pytest.raises(DBAPIError) as raised:
         store.create_call(channel_id="ch-2", caller_number=number,
                           dialed_number="4008101111", sip_call_id="sip-10", region="east")
     assert "forced by the test" in str(raised.value)
@@ -613,13 +620,13 @@ def test_numbers_with_a_plus_are_masked_for_supervisors(api: WiredApi) -> None:
     assert clear["caller_number"] == "13800210000"
 
 
-def test_voice_attempts_are_limited_per_account(tmp_path: Path) -> None:
+def test_voice_attempts_are_limited_per_account(database_url: str) -> None:
     from ivr.flow.voice import AttemptLimit
 
-    engine = make_engine(sqlite_url(tmp_path))
+    engine = make_engine(database_url)
     migrate(engine)
     clock = [1_800_000_000.0]
-    limits = [AttemptLimit(Throttle(make_engine(sqlite_url(tmp_path)), lambda: clock[0]), 3,
+    limits = [AttemptLimit(Throttle(make_engine(database_url), lambda: clock[0]), 3,
                            3600) for _ in range(2)]  # two processes
     for i in range(3):
         limits[i % 2].take("acct-1")

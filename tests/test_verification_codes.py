@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-from ivr.store.db import make_engine, migrate, sqlite_url
+from ivr.store.db import make_engine, migrate
 from ivr.verification.codes import (
     AccountDirectory,
     CodeOptions,
     OneTimeCodes,
     OutboxSender,
 )
+
+from conftest import sql
 
 pytestmark = pytest.mark.unit
 
@@ -28,13 +28,13 @@ class Clock:
 
 
 @pytest.fixture
-def parts(tmp_path: Path) -> tuple[AccountDirectory, OneTimeCodes, OutboxSender, Clock, Path]:
-    engine = make_engine(sqlite_url(tmp_path))
+def parts(database_url: str) -> tuple[AccountDirectory, OneTimeCodes, OutboxSender, Clock, str]:
+    engine = make_engine(database_url)
     migrate(engine)
     clock = Clock()
     outbox = OutboxSender(engine)
     codes = OneTimeCodes(engine, outbox, CodeOptions(ttl_s=300, max_attempts=3), clock)
-    return AccountDirectory(engine), codes, outbox, clock, tmp_path / "ivr.sqlite3"
+    return AccountDirectory(engine), codes, outbox, clock, database_url
 
 
 def _sent_code(outbox: OutboxSender) -> str:
@@ -49,8 +49,7 @@ def test_code_round_trip_and_only_a_hash_is_stored(parts: tuple) -> None:  # typ
     code_id = codes.issue(account, "call-1")
     code = _sent_code(outbox)
     assert len(code) == 6
-    with sqlite3.connect(db) as conn:
-        stored = conn.execute("SELECT code_hash, salt FROM one_time_codes").fetchone()
+    stored = sql(db, "SELECT code_hash, salt FROM one_time_codes")[0]
     assert code not in stored[0] and len(stored[0]) == 64
     first = codes.check(code_id, "999999" if code != "999999" else "000000")
     assert (first.ok, first.reason, first.attempts_left) == (False, "wrong", 2)

@@ -252,6 +252,7 @@ def seal_existing(engine: Engine, batch: int = 500) -> int:
     if keys is None:
         return 0
     done = 0
+    rewritten: set[str] = set()
     for table, key_column, column in sealed_columns():
         raw = column.table.c[column.name]
         while True:
@@ -264,6 +265,8 @@ def seal_existing(engine: Engine, batch: int = 500) -> int:
                     connection.execute(update(table).where(key_column == row_id)
                                        .values({column.name: value}))
             done += len(rows)
+            if rows:
+                rewritten.add(column.table.name)
             if len(rows) < batch:
                 break
     with engine.begin() as connection:
@@ -272,6 +275,15 @@ def seal_existing(engine: Engine, batch: int = 500) -> int:
         for account_id, number in missing:
             connection.execute(update(AccountRow).where(AccountRow.id == account_id).values(
                 phone_index=keys.index("phone", phone.canonical(number))))
+    if rewritten and engine.dialect.name == "postgresql":
+        # An UPDATE leaves the old row, in clear, in the table's pages until it is vacuumed;
+        # rewrite the tables now (once, at the upgrade) so the clear values leave the disk.
+        # (Backups and WAL archives taken before keep them: they are the operator's to
+        # expire.)
+        with engine.connect() as connection:
+            autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+            for name in sorted(rewritten):
+                autocommit.exec_driver_sql(f'VACUUM (FULL) "{name}"')
     return done
 
 
