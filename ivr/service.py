@@ -38,6 +38,7 @@ from ivr.routing.service import RoutingService
 from ivr.settings import AsrSettings, SecuritySettings, Settings
 from ivr.speech.listener import SpeechServices
 from ivr.store.journal import CallJournal
+from ivr.store.nodes import NodeLease, default_node_id, keep_lease
 from ivr.store.opening import master_key, open_store, previous_master_keys, purge_once
 from ivr.store.repository import Store
 from ivr.verification.codes import (
@@ -327,6 +328,11 @@ async def serve_async(settings: Settings) -> int:
     non-zero when a part the service cannot run without stopped on its own."""
     readiness = Readiness()
     store = await asyncio.to_thread(open_store, settings)
+    store.node_id = settings.node.id or default_node_id(settings.asterisk.instance)
+    lease = NodeLease(store.engine, store.node_id, settings.node.lease_s,
+                      api_url=f"http://{settings.api_host}:{settings.api_port}")
+    adopted = await asyncio.to_thread(lease.register)
+    log.info("node registered", extra={"node": store.node_id, "adopted_calls": adopted})
     journal = CallJournal(readiness)
     routing = RoutingService(store, settings.routing, settings.regions)
     if await asyncio.to_thread(routing.seed_rules):
@@ -355,6 +361,7 @@ async def serve_async(settings: Settings) -> int:
     lag = LoopLag()
     background.spawn(lag.run(), "loop-lag")
     background.spawn(purge_forever(settings, store, voiceprint), "retention")
+    background.spawn(keep_lease(lease, readiness), "node-lease")
     health = settings.health
     background.spawn(probe_forever(readiness, "database",
                                    lambda: asyncio.to_thread(store.probe_write),
@@ -415,6 +422,8 @@ async def serve_async(settings: Settings) -> int:
         if controller is not None:
             await controller.aclose()
         await background.cancel_all()
+        with contextlib.suppress(Exception):  # the database may be the thing that is down
+            await asyncio.to_thread(lease.stop)
         await journal.aclose()
         if speech is not None:
             await speech.engine.aclose()

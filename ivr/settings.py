@@ -93,6 +93,17 @@ class HealthSettings(BaseModel):
     probe_timeout_s: float = Field(2.0, gt=0, le=60)
 
 
+class NodeSettings(BaseModel):
+    """This controller's place among several sharing one database (``ivr cluster``)."""
+
+    # Who owns the calls this controller takes; stable across restarts of the same node.
+    # None: "<host name>-<asterisk instance>".
+    id: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    # A node that has not renewed its lease for this long is lost: another node closes its
+    # calls (their channels lived on that node's Asterisk). Renewed every third of it.
+    lease_s: float = Field(15.0, ge=2, le=600)
+
+
 class RoutingSettings(BaseModel):
     """Region resolution and routing rules inputs."""
 
@@ -280,6 +291,7 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)  # type: ignore[arg-type]
     security: SecuritySettings = Field(default_factory=SecuritySettings)  # type: ignore[arg-type]
     health: HealthSettings = Field(default_factory=HealthSettings)  # type: ignore[arg-type]
+    node: NodeSettings = Field(default_factory=NodeSettings)  # type: ignore[arg-type]
     # Model folders (models/whisper/<name>, models/ecapa/<name>): configuration, never the
     # installed package's location. None: ./models of the working directory if it exists.
     models_dir: Path | None = None

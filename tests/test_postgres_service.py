@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,7 +30,8 @@ def database(postgres: Any) -> str:
 def hotline(asterisk: RunningAsterisk, database: str,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hotline]:
     with running_hotline(asterisk, tmp_path_factory.mktemp("pg-service"),
-                         IVR_DATABASE_URL=database) as running:
+                         IVR_DATABASE_URL=database, IVR_NODE__ID="node-here",
+                         IVR_NODE__LEASE_S="3", IVR_FLOW__SWEEP_EVERY_S="1") as running:
         yield running
 
 
@@ -94,3 +96,48 @@ def test_a_stopped_database_is_said_in_ready_and_calls_go_on(
 def _database_ok(hotline: Hotline) -> bool | None:
     checks: dict[str, bool] = httpx.get(f"{hotline.api}/ready", timeout=5).json()["checks"]
     return checks.get("database")
+
+
+def test_another_nodes_calls_are_left_alone_until_its_lease_runs_out(
+        hotline: Hotline, database: str) -> None:
+    """A call of another live node (its channel is on that node's Asterisk, not ours) is not
+    touched by this node's reconciliation at start nor by its sweeps; once that node stops
+    renewing its lease, this node declares it lost and closes the call with the cause."""
+    import threading
+
+    from ivr.store.db import make_engine
+    from ivr.store.nodes import NodeLease
+    from ivr.store.repository import Store
+
+    engine = make_engine(database)
+    far = NodeLease(engine, "node-far", 3.0)
+    far.register()
+    call = Store(engine, node_id="node-far").create_call(
+        channel_id="far-channel-1", caller_number="13800210000", dialed_number="4008101111",
+        sip_call_id=None, state="queued")
+    alive = threading.Event()
+    alive.set()
+
+    def renew() -> None:  # the far node's controller, alive
+        while alive.is_set():
+            far.renew()
+            time.sleep(0.5)
+
+    renewing = threading.Thread(target=renew, daemon=True)
+    renewing.start()
+    try:
+        hotline.stop()
+        hotline.start()  # reconciliation at start: only node-here's calls
+        time.sleep(3.5)  # and three sweeps
+        assert hotline.call(call.id)["state"] == "queued"
+    finally:
+        alive.clear()
+        renewing.join()
+    ended = hotline.wait_call(call.id, lambda c: c["state"] == "ended", 20,
+                              "node-far to be declared lost")
+    assert ended["hangup_cause"] == "node_lost:queued"
+    last = ended["events"][-1]
+    assert last["kind"] == "ended" and last["data"]["closed_by"] == "node-here"
+    nodes = {n["id"]: n for n in far.nodes()}
+    assert nodes["node-far"]["lost_by"] == "node-here" and nodes["node-here"]["alive"] is True
+    engine.dispose()

@@ -508,7 +508,7 @@ class HotlineController:
             "dialed_number": channel.dialplan_exten, "sip_call_id": sip_call_id,
             "region": resolution.region, "region_source": resolution.source,
             "region_reason": resolution.reason, "province": resolution.province,
-            "city": resolution.city, **extra}
+            "city": resolution.city, "node_id": self.store.node_id, **extra}
         call_id, now, store = uuid.uuid4().hex, datetime.now(UTC), self.store
         stored = await self.journal.write("call_started", lambda: store.create_call(
             call_id=call_id, started_at=now, state=state, **values))
@@ -531,7 +531,9 @@ class HotlineController:
         suspects: set[str] = set()
         known: set[str] = set()
         referenced: set[str] = set()
-        calls = await asyncio.to_thread(self.store.active_calls)
+        # Only this node's calls: others' channels live on other nodes' Asterisk (their own
+        # controllers reconcile them, or a lost node's are closed by NodeLease.reap).
+        calls = await asyncio.to_thread(self.store.active_calls, self.store.node_id)
         # Connected calls first: their agents are marked busy before any resumed queue claims.
         calls.sort(key=lambda c: c.state != "connected")
         for call in calls:

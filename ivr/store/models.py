@@ -64,6 +64,8 @@ class CallRow(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     hangup_cause: Mapped[str | None] = mapped_column(String(64))
     hangup_by: Mapped[str | None] = mapped_column(String(16))
+    # The controller node that owns the call (its channels live on that node's Asterisk).
+    node_id: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
 class CallEventRow(Base):
@@ -264,3 +266,19 @@ class PurgeRow(Base):
     kind: Mapped[str] = mapped_column(String(16))  # calls | transcripts | recordings
     before: Mapped[datetime] = mapped_column(UtcDateTime())
     count: Mapped[int] = mapped_column(Integer)
+
+
+class NodeRow(Base):
+    """One controller node and its lease (heartbeat) on the shared database."""
+
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    api_url: Mapped[str | None] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    lease_s: Mapped[float] = mapped_column(Float)
+    stopped_at: Mapped[datetime | None] = mapped_column(UtcDateTime())  # a clean stop
+    lost_at: Mapped[datetime | None] = mapped_column(UtcDateTime())  # declared lost by...
+    lost_by: Mapped[str | None] = mapped_column(String(64))  # ...this node

@@ -73,6 +73,7 @@ class StoredCall:
     ended_at: datetime | None
     hangup_cause: str | None
     hangup_by: str | None
+    node_id: str | None = None  # the controller node that owns the call
 
     @classmethod
     def fresh(cls, call_id: str, *, started_at: datetime, state: str = "ringing",
@@ -143,8 +144,10 @@ _CALL_COLUMNS = frozenset(f.name for f in fields(StoredCall)) - {"id"}
 class Store:
     """Calls, events, agents, rules and callbacks on one engine."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, node_id: str | None = None) -> None:
         self.engine = engine
+        # Calls this store creates belong to this node (None: a tool, not a controller).
+        self.node_id = node_id
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     def _session(self) -> Session:
@@ -161,6 +164,7 @@ class Store:
         if unknown:
             raise ValueError(f"unknown call fields: {sorted(unknown)}")
         now = started_at or utcnow()
+        extra.setdefault("node_id", self.node_id)
         row = CallRow(id=call_id or uuid.uuid4().hex, channel_id=channel_id,
                       caller_number=caller_number, dialed_number=dialed_number,
                       sip_call_id=sip_call_id, state=state, started_at=now, menu_path=[],
@@ -268,9 +272,16 @@ class Store:
             rows = session.scalars(query.limit(limit).offset(offset)).all()
             return [StoredCall.from_row(r) for r in rows]
 
-    def active_calls(self) -> list[StoredCall]:
-        """Every call not yet ended (for reconciliation after a restart)."""
-        return self.list_calls(active=True, limit=100_000)
+    def active_calls(self, owned_by: str | None = None) -> list[StoredCall]:
+        """Every call not yet ended, or (``owned_by``) those of one node: what its
+        reconciliation after a restart may touch."""
+        if owned_by is None:
+            return self.list_calls(active=True, limit=100_000)
+        query = (select(CallRow).where(CallRow.state.in_(ACTIVE_STATES),
+                                       CallRow.node_id == owned_by)
+                 .order_by(CallRow.started_at.desc(), CallRow.id))
+        with self._session() as session:
+            return [StoredCall.from_row(r) for r in session.scalars(query).all()]
 
     def events(self, call_id: str) -> list[CallEvent]:
         """The call's events in order."""
