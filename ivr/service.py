@@ -34,6 +34,7 @@ from ivr.flow.session import Prompts
 from ivr.flow.voice import AttemptLimit, VoiceTier
 from ivr.health import LoopLag, Readiness, TaskGroup, probe_forever
 from ivr.metrics import MetricsRecorder
+from ivr.routing.ledger import AgentLedger
 from ivr.routing.service import RoutingService
 from ivr.settings import AsrSettings, SecuritySettings, Settings
 from ivr.speech.listener import SpeechServices
@@ -379,9 +380,11 @@ async def serve_async(settings: Settings) -> int:
         skills = settings.routing.agent_skills
         await asyncio.to_thread(store.upsert_agents,
                                 [(a, r, skills.get(a, [])) for a, r in link.agents])
+        distributor = distributor_for(link.agents, skills, settings.flow.wrap_up_s)
+        # Claims go through the database: several nodes on it never ring one agent.
+        distributor.ledger = AgentLedger(store.engine, store.node_id)
         controller = HotlineController(
-            link.creds, readiness, store, routing,
-            distributor_for(link.agents, skills, settings.flow.wrap_up_s),
+            link.creds, readiness, store, routing, distributor,
             Prompts(link.sounds_dir), settings.flow, speech=speech,
             verification=verification, voice=voice, bus=bus,
             supervisor_phones=link.supervisor_phones, health=health, journal=journal,

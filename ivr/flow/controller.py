@@ -528,6 +528,10 @@ class HotlineController:
         bridges = {str(b["id"]) for b in await ari.request("GET", "/bridges") or []}
         if not sweep:
             await self._note_pbx_start(ari)
+            if self.distributor.ledger is not None:
+                # Claims this node held before (a crash, a lost connection) are rebuilt below
+                # from what really rings and talks.
+                await asyncio.to_thread(self.distributor.ledger.release_node)
         suspects: set[str] = set()
         known: set[str] = set()
         referenced: set[str] = set()

@@ -216,7 +216,7 @@ class Queued:
             dist.widen(s.call_id, plan.overflow_regions)
         last_announce = ctx.clock()
         while True:
-            agent = dist.claim(s.call_id)
+            agent = await dist.claim_shared(s.call_id)
             if agent is not None:
                 return RingingAgent(plan, agent.agent_id)
             elapsed = ctx.clock() - started

@@ -8,9 +8,21 @@ then by the time they joined the queue; an agent goes to the first waiting call 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ivr.routing.ledger import AgentLedger
+
+log = logging.getLogger(__name__)
+# After another node refused us an agent (it holds them, or their wrap-up runs there), they
+# are not tried again for this long; the shared view is re-read at most this often too.
+ELSEWHERE_S = 1.0
 
 
 @dataclass
@@ -26,11 +38,12 @@ class AgentStatus:
     wrap_up_until: float = 0.0
     idle_since: float = 0.0
     missed: int = 0
+    busy_elsewhere_until: float = 0.0  # another node holds them (shared ledger)
 
     def can_take(self, skill: str | None, now: float) -> bool:
         """Registered, not on a call, out of wrap-up, and skilled for ``skill``."""
         return (self.registered and self.foreign_channels == 0 and self.call_id is None
-                and now >= self.wrap_up_until
+                and now >= self.wrap_up_until and now >= self.busy_elsewhere_until
                 and (not self.skills or skill is None or skill in self.skills))
 
 
@@ -54,13 +67,18 @@ class Distributor:
     """Agents and waiting calls of one controller."""
 
     def __init__(self, agents: Iterable[AgentStatus], wrap_up_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 ledger: AgentLedger | None = None) -> None:
         self.clock = clock
         self.wrap_up_s = wrap_up_s
         self.agents: dict[str, AgentStatus] = {a.agent_id: a for a in agents}
         self.waiting: dict[str, QueueEntry] = {}
         # Called after every change of agents or queue (the live board redraws its counts).
         self.on_change: Callable[[], None] = lambda: None
+        # Several nodes: claims go through the shared database (None: this node alone).
+        self.ledger = ledger
+        self._viewed_at = float("-inf")
+        self._writes: set[asyncio.Future[Any]] = set()
 
     # -- agents ------------------------------------------------------------------------------
 
@@ -91,6 +109,8 @@ class Distributor:
             agent.idle_since = agent.wrap_up_until
         else:
             agent.missed += 1
+        if self.ledger is not None:
+            self._shared(self.ledger.release, agent_id, call_id, self.wrap_up_s, talked)
         entry = self.waiting.get(call_id)
         if entry is not None and not talked:
             entry.excluded.add(agent_id)
@@ -102,6 +122,8 @@ class Distributor:
         for agent in self.agents.values():
             agent.call_id = None
         self.waiting.clear()
+        if self.ledger is not None:
+            self._shared(self.ledger.release_node)
         self.on_change()
 
     def mark_talking(self, agent_id: str, call_id: str) -> None:
@@ -109,6 +131,8 @@ class Distributor:
         agent = self.agents.get(agent_id)
         if agent is not None:
             agent.call_id = call_id
+            if self.ledger is not None:
+                self._shared(self.ledger.restore, agent_id, call_id)
             self.on_change()
 
     # -- queue -------------------------------------------------------------------------------
@@ -167,6 +191,78 @@ class Distributor:
             self.on_change()
             return agent
         return None
+
+    async def claim_shared(self, call_id: str) -> AgentStatus | None:
+        """``claim``, confirmed in the shared database when there is one: an agent another
+        node holds (or who wraps up there) is passed over and the next one tried."""
+        if self.ledger is None:
+            return self.claim(call_id)
+        await self._refresh_view()
+        while True:
+            agent = self.claim(call_id)
+            if agent is None:
+                return None
+            try:
+                granted = await asyncio.to_thread(self.ledger.claim, agent.agent_id, call_id)
+            except Exception as exc:  # noqa: BLE001 - decided below
+                # The database is away: callers must still reach agents, so this node goes on
+                # with its own view. Another node could ring the same agent meanwhile; the
+                # phone then refuses the second call as busy and it is offered to the next.
+                log.warning("shared agent claim not recorded (database unavailable); "
+                            "ringing on this node's view", extra={
+                                "agent_id": agent.agent_id, "error": type(exc).__name__})
+                return agent
+            if granted:
+                return agent
+            agent.call_id = None  # taken elsewhere: try the next one
+            agent.busy_elsewhere_until = self.clock() + ELSEWHERE_S
+            self.on_change()
+
+    async def _refresh_view(self) -> None:
+        """Wrap-up and idle time from the shared database (at most every ELSEWHERE_S)."""
+        now = self.clock()
+        if self.ledger is None or now - self._viewed_at < ELSEWHERE_S:
+            return
+        self._viewed_at = now
+        try:
+            shared = await asyncio.to_thread(self.ledger.view)
+        except Exception as exc:  # noqa: BLE001 - claims are still checked one by one
+            log.warning("shared agent view unavailable", extra={"error": type(exc).__name__})
+            return
+        wall = datetime.now(UTC)
+        for agent_id, state in shared.items():
+            agent = self.agents.get(agent_id)
+            if agent is None:
+                continue
+            if state.wrap_up_until is not None:
+                agent.wrap_up_until = max(agent.wrap_up_until, now + (
+                    state.wrap_up_until - wall).total_seconds())
+            if state.idle_since is not None:
+                agent.idle_since = now + (state.idle_since - wall).total_seconds()
+            held_elsewhere = (state.claimed_call_id is not None
+                              and state.claimed_by != self.ledger.node_id)
+            if held_elsewhere:
+                agent.busy_elsewhere_until = now + ELSEWHERE_S
+
+    def _shared(self, write: Callable[..., Any], *args: Any) -> None:
+        """A ledger write off the event loop; a failure is logged (the claim is cleared when
+        this node reconnects, or when it is declared lost)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (tools, tests): write now
+            write(*args)
+            return
+        future = loop.run_in_executor(None, write, *args)
+        self._writes.add(future)
+
+        def done(finished: asyncio.Future[Any]) -> None:
+            self._writes.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                log.warning("shared agent state not written", extra={
+                    "write": getattr(write, "__name__", "?"),
+                    "error": type(finished.exception()).__name__})
+
+        future.add_done_callback(done)
 
     def snapshot(self) -> dict[str, object]:
         """Agents and queue, for the API and logs."""

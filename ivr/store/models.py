@@ -90,6 +90,13 @@ class AgentRow(Base):
     skills: Mapped[list[str]] = mapped_column(JSON, default=list)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # Shared by every node (ivr.routing.ledger): the call that rings or talks to the agent and
+    # the node that gave it; wrap-up and idle time, so every node orders agents alike.
+    claimed_call_id: Mapped[str | None] = mapped_column(String(32))
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    wrap_up_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    idle_since: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class RoutingRuleRow(Base):

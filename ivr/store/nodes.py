@@ -27,7 +27,7 @@ from sqlalchemy import CursorResult, Engine, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from ivr.health import Readiness
-from ivr.store.models import CallEventRow, CallRow, NodeRow
+from ivr.store.models import AgentRow, CallEventRow, CallRow, NodeRow
 from ivr.store.repository import ACTIVE_STATES
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,9 @@ class NodeLease:
                     continue
                 cause = "node_stopped" if stopped_at is not None else "node_lost"
                 closed = self._close_calls(session, node_id, cause, now)
+                # Its agents are free again for every other node.
+                session.execute(update(AgentRow).where(AgentRow.claimed_by == node_id).values(
+                    claimed_call_id=None, claimed_by=None, claimed_at=None))
             log.warning("node declared lost; its calls closed", extra={
                 "node": node_id, "cause": cause, "calls": closed, "by": self.node_id})
             found.append(LostNode(node_id, cause, closed))
