@@ -33,7 +33,7 @@ def store(store: Store) -> Store:
 def test_schema_is_migrated(store: Store) -> None:
     with store.engine.connect() as connection:
         version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    assert version == newest_revision() == "0010"
+    assert version == newest_revision() == "0011"
     assert {"calls", "call_events", "agents", "routing_rules", "callback_requests",
             "transcripts", "api_tokens", "routing_rule_changes", "data_access_log",
             "voiceprint_recordings", "rate_limits", "data_keys", "retention_purges",
