@@ -23,6 +23,7 @@ class BusEvent:
     kind: str
     call_id: str
     data: dict[str, Any]
+    node: str | None = None  # the node that published it (several nodes: ivr.broker)
 
 
 @dataclass
@@ -57,9 +58,15 @@ class EventBus:
         if sub in self._subscribers:
             self._subscribers.remove(sub)
 
+    # This process's node (several nodes share one stream of events; see ivr.broker).
+    node_id: str | None = None
+
     def publish(self, kind: str, call_id: str, data: dict[str, Any]) -> BusEvent:
         """Deliver an event to every subscriber (oldest dropped when a queue is full)."""
-        event = BusEvent(next(self._seq), kind, call_id, data)
+        return self.deliver(BusEvent(next(self._seq), kind, call_id, data, self.node_id))
+
+    def deliver(self, event: BusEvent) -> BusEvent:
+        """Hand a numbered event to every subscriber and keep it for resuming clients."""
         self.last_seq = event.seq
         self._history.append(event)
         if len(self._history) > self.history_size:

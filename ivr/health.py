@@ -44,6 +44,10 @@ class Readiness:
         """Note a capability that is off without stopping calls (e.g. speech -> keypad only)."""
         self._degraded[name] = reason
 
+    def undegrade(self, name: str) -> None:
+        """A capability is back (e.g. the broker reconnected)."""
+        self._degraded.pop(name, None)
+
     def degraded(self) -> dict[str, str]:
         """Capabilities that are off, and why."""
         return dict(self._degraded)

@@ -84,7 +84,11 @@ class MetricsRecorder:
             bus.unsubscribe(sub)
 
     def observe(self, event: BusEvent) -> None:
-        """Update the metrics from one bus event."""
+        """Update the metrics from one bus event (this node's: with several nodes the bus
+        carries every node's events, and each node's /metrics counts its own)."""
+        own = self._bus.node_id if self._bus is not None else None
+        if event.node is not None and event.node != own:
+            return
         self.live_events.labels(event.kind).inc()
         if event.kind == "transcript.final":
             seconds = event.data.get("seconds")

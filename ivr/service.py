@@ -26,6 +26,7 @@ from ivr.asterisk.instance import AriCredentials, AsteriskInstance
 from ivr.asterisk.provision import locate_asterisk
 from ivr.auth.throttle import Throttle
 from ivr.auth.tokens import TokenStore
+from ivr.broker import StreamBus
 from ivr.bus import EventBus
 from ivr.errors import IvrError
 from ivr.flow.controller import HotlineController, distributor_for
@@ -345,7 +346,12 @@ async def serve_async(settings: Settings) -> int:
         readiness.degrade("routing", f"stored routing rules invalid, fallback queue: {exc}")
         log.error("stored routing rules invalid; calls use the fallback queue",
                   extra={"error": str(exc)})
-    bus = EventBus()
+    bus: EventBus
+    if settings.broker_url:
+        bus = StreamBus(url=settings.broker_url, readiness=readiness, node_id=store.node_id)
+        await bus.start()
+    else:
+        bus = EventBus()
     speech = await load_speech(settings, store, readiness, bus)
     if speech is not None:
         speech.journal = journal
@@ -431,6 +437,8 @@ async def serve_async(settings: Settings) -> int:
         if speech is not None:
             await speech.engine.aclose()
         await metrics.aclose()
+        if isinstance(bus, StreamBus):
+            await bus.aclose()
     return 1 if readiness.fatal else 0
 
 

@@ -279,6 +279,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     # SQLite in data_dir unless a URL is given (e.g. postgresql+psycopg://...).
     database_url: str | None = None
+    # Several nodes: live events through a Redis stream (redis://HOST:6379/0); None: in-process.
+    broker_url: str | None = None
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=1, le=65535)
     log_level: str = "INFO"

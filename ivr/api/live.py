@@ -213,13 +213,19 @@ async def _stream(websocket: WebSocket, services: ApiServices, bus: EventBus,
             for event in missed:
                 await _send(websocket, event)
                 sent = event.seq
+        epoch = bus.epoch
         while True:
             if sub.dropped:
                 sub.dropped = 0  # this client fell behind: start it over from a snapshot
                 while not sub.queue.empty():
                     sub.queue.get_nowait()
                 sent = await _snapshot(websocket, services, bus)
+                epoch = bus.epoch
             event = await sub.queue.get()
+            if bus.epoch != epoch:
+                # The numbering changed under us (the broker was away and is back): what this
+                # client holds may be missing events, so it starts over from a snapshot.
+                sent, epoch = await _snapshot(websocket, services, bus), bus.epoch
             if event.seq > sent:
                 await _send(websocket, event)
                 sent = event.seq
