@@ -60,6 +60,7 @@
     part_ari_requests: ["电话交换机不响应", "PBX not answering"],
     part_database: ["数据库无法写入", "database cannot be written"],
     part_node_lease: ["本节点租约未续期", "this node's lease is not renewed"],
+    part_broker: ["消息代理不可达，仅显示本节点通话", "broker unreachable, this node's calls only"],
     part_asr: ["语音识别已关闭，仅按键菜单", "speech recognition off, keypad only"],
     part_vad: ["语音检测已关闭", "voice detection off"],
     part_voiceprint: ["声纹验证已关闭，转人工核验", "voiceprint check off, experts verify"],
