@@ -301,6 +301,30 @@ def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_nodes(args: argparse.Namespace, settings: Settings) -> int:
+    """``ivr nodes``: the controller nodes on this database, their leases and live calls."""
+    from sqlalchemy import func, select
+
+    from ivr.store.models import CallRow
+    from ivr.store.nodes import NodeLease
+    from ivr.store.opening import open_store
+    from ivr.store.repository import ACTIVE_STATES
+
+    store = open_store(settings, seal=False)  # reads no sealed column
+    listing = NodeLease(store.engine, "ivr-cli", settings.node.lease_s).nodes()
+    with store.engine.connect() as connection:
+        owned = dict(connection.execute(
+            select(CallRow.node_id, func.count()).where(CallRow.state.in_(ACTIVE_STATES))
+            .group_by(CallRow.node_id)).tuples().all())
+    for node in listing:
+        node["active_calls"] = owned.get(str(node["id"]), 0)
+        for key, value in node.items():
+            if hasattr(value, "isoformat"):
+                node[key] = value.isoformat()
+    _print({"nodes": listing, "active_calls_without_node": owned.get(None, 0)}, True)
+    return 0
+
+
 def _tokens(settings: Settings) -> Any:
     from ivr.auth.tokens import TokenStore
     from ivr.store.opening import open_store
@@ -413,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys.set_defaults(func=cmd_keys)
     purge = sub.add_parser("purge", help="apply the retention settings now")
     purge.set_defaults(func=cmd_purge)
+    nodes = sub.add_parser("nodes", help="controller nodes on this database and their leases")
+    nodes.set_defaults(func=cmd_nodes)
     return parser
 
 

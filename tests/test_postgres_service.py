@@ -3,6 +3,7 @@ the real Asterisk: what `make run` does with the URL set."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -141,3 +142,9 @@ def test_another_nodes_calls_are_left_alone_until_its_lease_runs_out(
     nodes = {n["id"]: n for n in far.nodes()}
     assert nodes["node-far"]["lost_by"] == "node-here" and nodes["node-here"]["alive"] is True
     engine.dispose()
+    # The operator's view of the same.
+    listed = subprocess.run([sys.executable, "-m", "ivr.cli", "nodes"], env=hotline.env,
+                            capture_output=True, text=True, check=True)
+    by_id = {n["id"]: n for n in json.loads(listed.stdout)["nodes"]}
+    assert by_id["node-here"]["alive"] is True and by_id["node-far"]["alive"] is False
+    assert by_id["node-far"]["lost_by"] == "node-here" and by_id["node-far"]["active_calls"] == 0
