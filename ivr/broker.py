@@ -43,6 +43,7 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*',
 return seq
 """
 RETRY_S = 1.0
+WRITE_BATCH = 200
 
 
 @dataclass
@@ -133,12 +134,18 @@ class StreamBus(EventBus):
 
     async def _write(self, client: Any) -> None:
         assert self._outbox is not None
-        append = client.register_script(APPEND)
+        sha = await client.script_load(APPEND)  # again after every reconnect (a new Redis)
         while True:
-            kind, call_id, data = await self._outbox.get()
-            await append(keys=[COUNTER, STREAM], args=[
-                self.history_size, self.node_id or "", kind, call_id or "",
-                json.dumps(data, separators=(",", ":"), default=str)])
+            # Whatever queued up meanwhile goes in one round trip (a pipeline of scripts).
+            batch = [await self._outbox.get()]
+            while not self._outbox.empty() and len(batch) < WRITE_BATCH:
+                batch.append(self._outbox.get_nowait())
+            pipe = client.pipeline(transaction=False)
+            for kind, call_id, data in batch:
+                pipe.evalsha(sha, 2, COUNTER, STREAM, self.history_size,
+                             self.node_id or "", kind, call_id or "",
+                             json.dumps(data, separators=(",", ":"), default=str))
+            await pipe.execute()
 
     async def _read(self, client: Any) -> None:
         while True:
