@@ -325,6 +325,23 @@ def cmd_nodes(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_cluster(args: argparse.Namespace, settings: Settings) -> int:
+    """``ivr cluster up|down|status``: several nodes on this machine (PostgreSQL, Redis,
+    Kamailio, an Asterisk and a controller per node)."""
+    from ivr.cluster.launcher import Cluster
+
+    cluster = Cluster(Path(args.folder), settings,
+                      tuple(chr(ord("a") + i) for i in range(args.nodes)))
+    if args.action == "up":
+        cluster.up()
+        _print(cluster.status(), True)
+    elif args.action == "down":
+        _print({"stopped": cluster.down()}, True)
+    else:
+        _print(cluster.status(), True)
+    return 0
+
+
 def _tokens(settings: Settings) -> Any:
     from ivr.auth.tokens import TokenStore
     from ivr.store.opening import open_store
@@ -439,6 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
     purge.set_defaults(func=cmd_purge)
     nodes = sub.add_parser("nodes", help="controller nodes on this database and their leases")
     nodes.set_defaults(func=cmd_nodes)
+    cluster = sub.add_parser("cluster", help="several nodes on this machine, behind Kamailio")
+    cluster.add_argument("action", choices=("up", "down", "status"))
+    cluster.add_argument("--folder", default="var/cluster")
+    cluster.add_argument("--nodes", type=int, default=2, choices=range(1, 5))
+    cluster.set_defaults(func=cmd_cluster)
     return parser
 
 

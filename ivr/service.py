@@ -39,6 +39,7 @@ from ivr.routing.ledger import AgentLedger
 from ivr.routing.service import RoutingService
 from ivr.settings import AsrSettings, SecuritySettings, Settings
 from ivr.speech.listener import SpeechServices
+from ivr.store.db import startup_lock
 from ivr.store.journal import CallJournal
 from ivr.store.nodes import NodeLease, default_node_id, keep_lease
 from ivr.store.opening import master_key, open_store, previous_master_keys, purge_once
@@ -337,7 +338,7 @@ async def serve_async(settings: Settings) -> int:
     log.info("node registered", extra={"node": store.node_id, "adopted_calls": adopted})
     journal = CallJournal(readiness)
     routing = RoutingService(store, settings.routing, settings.regions)
-    if await asyncio.to_thread(routing.seed_rules):
+    if await asyncio.to_thread(_seed_rules, routing, store):
         log.info("routing rules loaded into an empty store")
     try:
         await asyncio.to_thread(routing.refresh)
@@ -440,6 +441,11 @@ async def serve_async(settings: Settings) -> int:
         if isinstance(bus, StreamBus):
             await bus.aclose()
     return 1 if readiness.fatal else 0
+
+
+def _seed_rules(routing: RoutingService, store: Store) -> bool:
+    with startup_lock(store.engine):  # several nodes starting at once seed the rules once
+        return routing.seed_rules()
 
 
 async def _refresh_rules_forever(routing: RoutingService, every_s: float) -> None:

@@ -37,6 +37,10 @@ class AsteriskSettings(BaseModel):
     ari_app: str = Field("ivr", pattern=r"^[A-Za-z0-9_-]+$")
     # The address SIP, ARI and the calls' media listen on (an address of this host).
     address: IPv4Address = IPv4Address("127.0.0.1")
+    # Several nodes: agents and supervisors register at this SIP proxy (Kamailio, host:port),
+    # not here; Asterisk reaches them through it and qualifies them there (None: they
+    # register with this Asterisk).
+    agent_proxy: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+:\d{1,5}$")
 
     @model_validator(mode="after")
     def _range_ok(self) -> AsteriskSettings:

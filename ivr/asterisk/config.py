@@ -66,9 +66,12 @@ class InstanceConfig:
     ari_app: str = "ivr"
     api_port: int = 8080
     address: str = "127.0.0.1"  # SIP, ARI and media listen here
+    agent_proxy: str | None = None  # phones register at this proxy (host:port), not here
 
 
-def _agent_sections(agents: tuple[AgentAccount, ...]) -> str:
+def _agent_sections(agents: tuple[AgentAccount, ...], proxy: str | None = None) -> str:
+    if proxy is not None:
+        return _proxied_agent_sections(agents, proxy)
     blocks = []
     for agent in agents:
         blocks.append(
@@ -79,6 +82,26 @@ def _agent_sections(agents: tuple[AgentAccount, ...]) -> str:
             f"password = {agent.password}\n\n"
             f"[{agent.agent_id}](agent-template)\n"
             f"auth = {agent.agent_id}-auth\n"
+            f"aors = {agent.agent_id}\n"
+            f"set_var = IVR_AGENT_REGION={agent.region}\n"
+        )
+    return "\n".join(blocks)
+
+
+def _proxied_agent_sections(agents: tuple[AgentAccount, ...], proxy: str) -> str:
+    """Phones registered at the proxy: each reached at ``sip:<id>@<proxy>``, qualified there
+    every 2 s (the proxy answers 404 for a phone that is not registered, so the endpoint's
+    state here follows the phone's registration), no credentials here."""
+    blocks = []
+    for agent in agents:
+        blocks.append(
+            f"; agent in region {agent.region}, registered at {proxy}\n"
+            f"[{agent.agent_id}]\n"
+            f"type = aor\n"
+            f"contact = sip:{agent.agent_id}@{proxy}\n"
+            f"qualify_frequency = 2\n"
+            f"qualify_timeout = 1.0\n\n"
+            f"[{agent.agent_id}](agent-template)\n"
             f"aors = {agent.agent_id}\n"
             f"set_var = IVR_AGENT_REGION={agent.region}\n"
         )
@@ -119,7 +142,7 @@ def render_instance(config: InstanceConfig, etc_dir: Path, inner_base: PurePosix
         "echo_number": config.echo_number,
         "ari_app": config.ari_app,
         "address": config.address,
-        "agent_endpoints": _agent_sections(config.agents),
+        "agent_endpoints": _agent_sections(config.agents, config.agent_proxy),
     }
     etc_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(etc_dir, 0o700)

@@ -221,7 +221,8 @@ class AsteriskInstance:
             InstanceConfig(state.ports, state.ari_user, state.ari_password,
                            (*state.agents, *state.supervisors),
                            hotline_number=state.hotline_number, ari_app=state.ari_app,
-                           api_port=api_port, address=state.address),
+                           api_port=api_port, address=state.address,
+                           agent_proxy=settings.agent_proxy),
             self.dir / "etc", self.inner_dir,
         )
         startup_log = self.dir / "log" / "startup.log"

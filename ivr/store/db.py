@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +75,34 @@ def newest_revision() -> str:
     return max(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
 
 
+# Several nodes start at once on one PostgreSQL: schema upgrades, sealing and seeding the
+# rules run under this advisory lock, one node at a time (the others then find them done).
+STARTUP_LOCK = 74_100_101
+
+
+@contextmanager
+def startup_lock(engine: Engine) -> Iterator[None]:
+    """Hold the database-wide start-up lock (PostgreSQL; SQLite has one writer anyway)."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as connection:
+        connection.exec_driver_sql(f"SELECT pg_advisory_lock({STARTUP_LOCK})")
+        try:
+            yield
+        finally:
+            connection.exec_driver_sql(f"SELECT pg_advisory_unlock({STARTUP_LOCK})")
+            connection.commit()
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest Alembic revision (Alembic is loaded only when there is
     something to do: the command line opens the store on every call)."""
+    with startup_lock(engine):
+        _migrate(engine)
+
+
+def _migrate(engine: Engine) -> None:
     try:
         with engine.connect() as connection:
             current = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()

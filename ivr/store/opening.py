@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from ivr.asterisk.provision import cache_dir
 from ivr.settings import Settings
 from ivr.store import crypto
-from ivr.store.db import make_engine, migrate, sqlite_url
+from ivr.store.db import make_engine, migrate, sqlite_url, startup_lock
 from ivr.store.repository import Store
 from voiceprint.errors import MasterKeyError
 from voiceprint.templates import MasterKey
@@ -45,8 +45,9 @@ def open_store(settings: Settings, seal: bool = True) -> Store:
     if key is None:
         log.warning("no master key: caller numbers and transcripts are stored in clear")
         return store
-    crypto.install(engine, crypto.FieldKeys(engine, key, previous_master_keys(settings)))
-    sealed = crypto.seal_existing(engine)
+    with startup_lock(engine):  # one node at a time makes the first data key and seals
+        crypto.install(engine, crypto.FieldKeys(engine, key, previous_master_keys(settings)))
+        sealed = crypto.seal_existing(engine)
     if sealed:
         log.info("values stored in clear were sealed", extra={"values": sealed})
     return store

@@ -162,6 +162,25 @@ class LocalPostgres:
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while this object runs it."""
+        return self._process.pid if self._process is not None else None
+
+    def ensure_database(self, name: str) -> str:
+        """The database, made if it does not exist yet; returns its URL."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(host=self.host, port=self.port, user=SUPERUSER,
+                             password=self.password, dbname="postgres",
+                             autocommit=True) as connection:
+            exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                        (name,)).fetchone()
+            if exists is None:
+                connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.url(name)
+
     def create_database(self, name: str) -> str:
         """A new empty database (dropped first if it exists); returns its URL."""
         import psycopg
