@@ -46,6 +46,10 @@ class MetricsRecorder:
                                 ["mode"], registry=r)
         self.live_events = Counter("ivr_live_events_total", "Events published to live views",
                                    ["kind"], registry=r)
+        self.ari_lag = Gauge("ivr_ari_event_lag_seconds",
+                             "How late ARI events are handled (Asterisk's event time to the "
+                             "controller's dispatch), over the last 1,000 events",
+                             ["quantile"], registry=r)
         self.loop_lag_p99 = Gauge("ivr_event_loop_lag_p99_seconds",
                                   "99th percentile of how late the event loop ran a 50 ms "
                                   "timer over the last minute", registry=r)
@@ -136,6 +140,8 @@ class MetricsRecorder:
             self.loop_lag_max.set(lag.max_s)
         if controller is not None:
             self.refused.set(controller.refused_total)
+            for quantile, seconds in controller.event_lag.quantiles().items():
+                self.ari_lag.labels(quantile).set(seconds)
         if journal is not None:
             self.journal_pending.set(journal.pending)
         return bytes(generate_latest(self.registry))

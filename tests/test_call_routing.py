@@ -69,6 +69,13 @@ def test_keypad_call_reaches_an_agent_of_the_callers_region(
     for expected in ("call_started", "answered", "routed", "queued", "agent_ringing",
                      "connected", "ended"):
         assert expected in kinds
+    # From Asterisk's time of the key press to the stored decision (the load figure).
+    routed = next(e for e in record["events"] if e["kind"] == "routed")["data"]
+    assert 0 < routed["after_key_ms"] < 5000, routed
+    lag = {line.split('quantile="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+           for line in hotline.get("/../../metrics", "supervisor").text.splitlines()
+           if line.startswith("ivr_ari_event_lag_seconds{")}
+    assert set(lag) == {"0.5", "0.95", "0.99", "1"} and 0 <= lag["0.5"] <= lag["1"] < 5
 
     # Audio: each side heard the other.
     agent_heard = read_wav(agent_phone.calls[-1].recording)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ bridges still in our Stasis application and resumes each call, or sends it to th
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import uuid
@@ -76,6 +77,37 @@ class _Registry:
     early: dict[str, list[FlowEvent]] = field(default_factory=dict)
 
 
+def ari_time(stamp: object) -> datetime | None:
+    """An ARI event's timestamp (``2026-12-01T09:00:00.123+0000``) as an aware datetime."""
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%f%z")
+    except ValueError:
+        return None
+
+
+class EventLag:
+    """How late the last 1,000 ARI events were handled."""
+
+    def __init__(self, size: int = 1000) -> None:
+        self._lags: collections.deque[float] = collections.deque(maxlen=size)
+
+    def note(self, stamp: object) -> None:
+        """One event handled now, stamped ``stamp`` by Asterisk."""
+        at = ari_time(stamp)
+        if at is not None:
+            self._lags.append(max((datetime.now(UTC) - at).total_seconds(), 0.0))
+
+    def quantiles(self) -> dict[str, float]:
+        """p50, p95, p99 and max, in seconds (nothing before the first event)."""
+        ordered = sorted(self._lags)
+        if not ordered:
+            return {}
+        return {name: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+                for name, q in (("0.5", 0.5), ("0.95", 0.95), ("0.99", 0.99), ("1", 1.0))}
+
+
 class HotlineController:
     """Keeps the ARI connection (capped exponential backoff) and runs every call's flow."""
 
@@ -112,6 +144,7 @@ class HotlineController:
         self._pbx_started: str | None = None  # Asterisk's startup time, to see restarts
         self._pbx_restarted = False
         self.refused_total = 0
+        self.event_lag = EventLag()  # Asterisk's event time to our dispatch
         self._reg = _Registry()
         self._ari: AriClient | None = None
         self._recent: dict[tuple[str, str, str, str], None] = {}
@@ -303,6 +336,7 @@ class HotlineController:
         return False
 
     def _dispatch(self, event: AriEvent) -> None:
+        self.event_lag.note(event.raw.get("timestamp"))
         try:
             self._route_event(event)
         except Exception:  # noqa: BLE001 - one bad event must not cut every call's events
@@ -360,7 +394,7 @@ class HotlineController:
     @staticmethod
     def _flow_event(event: AriEvent, channel_id: str) -> FlowEvent | None:
         if isinstance(event, ChannelDtmfReceived):
-            return Dtmf(event.digit)
+            return Dtmf(event.digit, ari_time(event.raw.get("timestamp")))
         if isinstance(event, ChannelDestroyed):
             return CallerGone(event.cause, event.cause_txt or "destroyed")
         if isinstance(event, StasisEnd):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 
 @dataclass(frozen=True)
@@ -10,6 +11,7 @@ class Dtmf:
     """The caller pressed a key."""
 
     digit: str
+    at: datetime | None = None  # when Asterisk saw it (the ARI event's time)
 
 
 @dataclass(frozen=True)

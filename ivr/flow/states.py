@@ -130,7 +130,7 @@ class Menu:
                 s.menu_path.append(heard.digit)
                 intent = KEY_INTENTS.get(heard.digit)
                 if intent is not None:
-                    return Routing(intent, "keypad")
+                    return Routing(intent, "keypad", key_at=heard.at)
                 next_state = await self._failure(s, "invalid_key")
             else:
                 s.menu_path.append(f"speech:{heard.intent}")
@@ -161,6 +161,7 @@ class Routing:
 
     intent: str
     source: str
+    key_at: datetime | None = None  # when the key that chose the intent was pressed
     name: str = "routing"
 
     async def run(self, s: CallSession) -> State | None:
@@ -168,7 +169,11 @@ class Routing:
             return VerifyCode(then=self)  # the identity check first, then back here
         decision = s.ctx.route_call(s, self.intent)
         route = decision.to_json()
-        await s.record("routed", route, intent=self.intent, intent_source=self.source,
+        data = dict(route)
+        if self.key_at is not None:
+            data["after_key_ms"] = round(
+                (datetime.now(UTC) - self.key_at).total_seconds() * 1000, 1)
+        await s.record("routed", data, intent=self.intent, intent_source=self.source,
                        menu_path=list(s.menu_path), route=route, route_rule_id=decision.rule_id,
                        route_region=decision.region, language=s.language)
         if decision.action == "queue":
