@@ -17,6 +17,7 @@ import numpy.typing as npt
 import pytest
 import torch
 
+from asr.default_model import TEST_MODEL_MARK
 from voiceprint.audio_checks import check_sample, require_usable
 from voiceprint.embedding import Embedder, EmbedderOptions, load_embedder
 from voiceprint.errors import AudioRejected, EmbeddingModelError
@@ -84,7 +85,9 @@ def _broken_copy(tiny_ecapa: Path, tmp_path: Path) -> Path:
 def test_build_is_seeded_and_idempotent(tiny_ecapa: Path, tmp_path: Path) -> None:
     target = tmp_path / "ecapa"
     assert build_tiny_ecapa(target) == target.resolve()
-    assert sorted(p.name for p in target.iterdir()) == [CHECKPOINT_NAME, HPARAMS_NAME]
+    # The weights, the recipe, and the label that says they are random (for /ready).
+    assert sorted(p.name for p in target.iterdir()) == sorted(
+        [CHECKPOINT_NAME, HPARAMS_NAME, TEST_MODEL_MARK])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # staging renamed away
     stamp = (target / CHECKPOINT_NAME).stat().st_mtime_ns
     assert build_tiny_ecapa(target) == target.resolve()
