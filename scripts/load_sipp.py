@@ -179,6 +179,8 @@ def main() -> None:
     parser.add_argument("--ramp", type=float, default=5.0, help="seconds to start a step")
     parser.add_argument("--agents-per-region", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="leave the cluster running")
+    parser.add_argument("--out", type=Path, help="also write the JSON here (pjsua2 logs to "
+                        "stdout)")
     args = parser.parse_args()
     if shutil.which("sipp") is None:
         raise SystemExit("sipp is not installed (Debian package sip-tester)")
@@ -233,6 +235,8 @@ def main() -> None:
             launcher.down()
             shutil.rmtree(folder, ignore_errors=True)
     print(json.dumps(out, indent=2))
+    if args.out is not None:
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":
