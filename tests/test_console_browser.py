@@ -147,14 +147,18 @@ def playwright() -> Iterator[Playwright]:
         yield driver
 
 
-@pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
+def _chromium(playwright: Playwright, args: list[str]) -> Iterator[Browser]:
     chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                          args=CHROMIUM_ARGS)
+                                          args=args)
     try:
         yield chromium
     finally:
         chromium.close()
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    yield from _chromium(playwright, CHROMIUM_ARGS)
 
 
 @pytest.fixture(scope="module")
@@ -464,12 +468,7 @@ def mic_browser(playwright: Playwright, tmp_path_factory: pytest.TempPathFactory
     args = [*CHROMIUM_ARGS, "--use-fake-ui-for-media-stream",
             "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={voice}",
             "--autoplay-policy=no-user-gesture-required"]
-    chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                          args=args)
-    try:
-        yield chromium
-    finally:
-        chromium.close()
+    yield from _chromium(playwright, args)
 
 
 def _pcm(frames: list[bytes]) -> Any:

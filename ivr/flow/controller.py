@@ -227,17 +227,23 @@ class HotlineController:
         return {"calls": [call_summary(c) for c in calls], "agents": acd["agents"],
                 "waiting": acd["waiting"], "ari_connected": self._ari is not None}
 
-    async def supervise(self, call_id: str, mode: str, phone: str) -> dict[str, Any]:
-        """Ring a supervisor's phone to listen / whisper / barge on a live call."""
+    def _monitorable(self, call_id: str, mode: str) -> tuple[AriClient, CallSession, str | None]:
+        """The live call's session and its agent leg (None before an agent answered), or the
+        reason a monitor cannot start."""
         session = self._reg.by_call.get(call_id)
         if session is None or session.gone is not None or self._ari is None:
             raise MonitorRefused(404, f"no live call {call_id!r}")
         if mode not in WHISPER:
             raise MonitorRefused(422, f"unknown mode {mode!r}")
         connected = session.state_name == "connected" and session.agent_channel_id is not None
+        return self._ari, session, session.agent_channel_id if connected else None
+
+    async def supervise(self, call_id: str, mode: str, phone: str) -> dict[str, Any]:
+        """Ring a supervisor's phone to listen / whisper / barge on a live call."""
+        ari, session, agent_leg = self._monitorable(call_id, mode)
         monitor = await self.monitoring.start(
-            self._ari, call_id, mode, phone, session.channel_id,  # type: ignore[arg-type]
-            session.agent_channel_id if connected else None)
+            ari, call_id, mode, phone, session.channel_id,  # type: ignore[arg-type]
+            agent_leg)
         await session.record("monitor_started", {"mode": mode, "phone": phone,
                                                  "monitor_id": monitor.id})
         return monitor.as_dict()
@@ -245,15 +251,10 @@ class HotlineController:
     async def supervise_in_browser(self, call_id: str, mode: str, by: str) -> Monitor:
         """Listen / whisper / barge from the supervisor's browser: the returned monitor's
         ``audio`` carries the call's sound out and the supervisor's voice in."""
-        session = self._reg.by_call.get(call_id)
-        if session is None or session.gone is not None or self._ari is None:
-            raise MonitorRefused(404, f"no live call {call_id!r}")
-        if mode not in WHISPER:
-            raise MonitorRefused(422, f"unknown mode {mode!r}")
-        connected = session.state_name == "connected" and session.agent_channel_id is not None
+        ari, session, agent_leg = self._monitorable(call_id, mode)
         monitor = await self.monitoring.start_browser(
-            self._ari, call_id, mode, session.channel_id,  # type: ignore[arg-type]
-            session.agent_channel_id if connected else None)
+            ari, call_id, mode, session.channel_id,  # type: ignore[arg-type]
+            agent_leg)
         await session.record("monitor_started", {"mode": mode, "phone": BROWSER, "by": by,
                                                  "monitor_id": monitor.id})
         return monitor
