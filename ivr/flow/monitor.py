@@ -48,10 +48,11 @@ BROWSER = "browser"  # the ``phone`` of a monitor heard in the supervisor's brow
 MONITOR_RTP = RtpOptions(payload_types=MappingProxyType({0: "ulaw"}), sample_rate=8000)
 RATE = MONITOR_RTP.sample_rate
 FRAME_BYTES = MONITOR_RTP.frame_bytes  # 20 ms of 16-bit PCM, both ways
-# The supervisor's voice is sent to Asterisk one frame every 20 ms, as a phone would: the
-# browser delivers it in bursts, and Asterisk's whisper mixing loses most of a bursty stream
-# while the call itself is loud. A few frames are held first to ride out those bursts; more
-# than half a second waiting (a flood, or a browser far ahead) drops the oldest.
+# The supervisor's voice is sent to Asterisk one frame every 20 ms, as a phone would; the
+# browser delivers it in bursts (an AudioWorklet renders 16 ms blocks, the socket batches),
+# and Asterisk's audio hooks keep only a short backlog. A few frames are held first to ride
+# out those bursts; more than half a second waiting (a flood, or a browser far ahead) drops
+# the oldest.
 SPEAK_PREFILL_FRAMES = 3
 SPEAK_MAX_QUEUED = 25
 SPEAK_CATCH_UP = 3
