@@ -156,6 +156,58 @@ def _overlaps(phone: AgentPhone) -> list[tuple[float, float]]:
             if b < a_end]
 
 
+def test_a_supervisor_on_either_node_sees_every_nodes_calls(
+        cluster: tuple[Cluster, ClusterState], agents: dict[str, AgentPhone],
+        sip_stack: SipStack) -> None:
+    """Live events go through Redis: a supervisor connected to node b sees the events of a
+    call node a took, and resumes on node a from the last number b sent (no new snapshot)."""
+    import json
+    import subprocess
+    import sys
+
+    from websockets.sync.client import connect
+
+    launcher, state = cluster
+    node_a, node_b = state.nodes
+    made = subprocess.run([sys.executable, "-m", "ivr.cli", "token", "create", "--role",
+                           "supervisor", "--name", "cluster-supervisor"],
+                          env=launcher.node_env(state, node_b), capture_output=True, text=True,
+                          check=True)
+    token = made.stdout.strip().splitlines()[-1].split()[-1]
+
+    def live(node: Any) -> Any:
+        return connect(f"ws://{state.address}:{node.api_port}/api/v1/live", open_timeout=5)
+
+    def auth(**hello: Any) -> str:
+        return json.dumps({"type": "auth", "token": token, **hello})
+
+    with live(node_b) as on_b:
+        on_b.send(auth())
+        snapshot = json.loads(on_b.recv(timeout=10))
+        assert snapshot["type"] == "snapshot"
+        ids, calls = _batch(sip_stack, state, ["01055550001", "02155550002"])  # one per node
+        _wait_routed(state, ids, "the two calls")
+        by_node = {row[1]: row for row in _stored(state, ids).values()}
+        assert set(by_node) == {"a", "b"}
+        call_of_a = sql(state.database_url, "SELECT id FROM calls WHERE sip_call_id = :s",
+                        s=by_node["a"][0])[0][0]
+        seen: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 20
+        while not any(m.get("call_id") == call_of_a and m["data"].get("kind") == "connected"
+                      for m in seen):
+            assert time.monotonic() < deadline, "node b's supervisor never saw node a's call"
+            seen.append(json.loads(on_b.recv(timeout=20)))
+        last_seq, epoch = seen[-1]["seq"], snapshot["epoch"]
+    for call in calls:
+        call.hangup()
+    _wait_ended(state, ids, "the two calls")
+    # On node a, from where node b left off: the events it missed, numbered the same.
+    with live(node_a) as on_a:
+        on_a.send(auth(last_seq=last_seq, epoch=epoch))
+        replayed = json.loads(on_a.recv(timeout=10))
+    assert replayed["type"] == "event" and replayed["seq"] == last_seq + 1
+
+
 def test_calls_through_kamailio_land_on_both_nodes_and_a_node_can_die(
         cluster: tuple[Cluster, ClusterState], agents: dict[str, AgentPhone],
         sip_stack: SipStack) -> None:

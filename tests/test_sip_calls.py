@@ -110,3 +110,33 @@ async def test_caller_and_agent_bridged_hear_each_other(asterisk: RunningAsteris
     assert band_energy_ratio(agent_heard, 440.0) > 0.6
     assert abs(dominant_frequency(caller_heard) - 880.0) < 10.0
     assert band_energy_ratio(caller_heard, 880.0) > 0.6
+
+
+def test_phones_made_from_many_threads_never_exceed_the_account_slots(
+        sip_stack: SipStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pjsua aborts the whole process on one account too many; phones made at once from
+    several threads (the cluster and load tests do) share the slots under a lock, retiring
+    idle callers, and the last guard raises instead of aborting."""
+    import threading
+
+    from ivr.sip import phone as phone_module
+
+    limit = len(sip_stack._accounts) + 4  # noqa: SLF001 - the slots are what is tested
+    monkeypatch.setattr(phone_module, "MAX_ACCOUNTS", limit)
+    barrier = threading.Barrier(12)
+    errors: list[BaseException] = []
+
+    def make(index: int) -> None:
+        barrier.wait()
+        try:
+            sip_stack.caller(f"0105555{index:04d}", "127.0.0.1:9")
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=make, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert len(sip_stack._accounts) < limit  # noqa: SLF001

@@ -105,6 +105,7 @@ class SipStack:
         self._cond = threading.Condition()
         self._ep: Any = None
         self._accounts: list[Any] = []
+        self._slots = threading.RLock()  # making a phone: check the slots, then take one
         # Call objects by token; a disconnected call is destroyed on the next loop turn (never
         # inside its own callback) and always before libDestroy, as pjsua2 requires.
         self._calls: dict[int, _PhoneCall] = {}
@@ -267,16 +268,21 @@ class SipStack:
         so idle caller phones are retired (oldest first) to make room for new ones.
         """
         key = (number, pbx)
-        phone = self._callers.pop(key, None)
-        if phone is None:
-            while len(self._accounts) >= MAX_ACCOUNTS - 1:
-                idle = next((k for k, p in self._callers.items() if p.idle()), None)
-                if idle is None:
-                    raise SipPhoneError("all pjsua account slots are in use by active calls")
-                self._callers.pop(idle).close()
-            phone = CallerPhone(self, number, pbx)
-        self._callers[key] = phone
+        with self._slots:  # callers are made from several threads at once (load tests)
+            phone = self._callers.pop(key, None)
+            if phone is None:
+                self._free_a_slot()
+                phone = CallerPhone(self, number, pbx)
+            self._callers[key] = phone
         return phone
+
+    def _free_a_slot(self) -> None:
+        """Make room for one more account (call with ``_slots`` held): retire idle callers."""
+        while len(self._accounts) >= MAX_ACCOUNTS - 1:
+            idle = next((k for k, p in self._callers.items() if p.idle()), None)
+            if idle is None:
+                raise SipPhoneError("all pjsua account slots are in use by active calls")
+            self._callers.pop(idle).close()
 
     def _drop_account(self, account: Any) -> None:
         if account in self._accounts:
@@ -289,11 +295,16 @@ class SipStack:
     def agent(self, agent_id: str, password: str, pbx: str,
               options: AgentOptions | None = None) -> AgentPhone:
         """A registering, auto-answering agent phone."""
-        return AgentPhone(self, agent_id, password, pbx, options or AgentOptions())
+        with self._slots:
+            self._free_a_slot()
+            return AgentPhone(self, agent_id, password, pbx, options or AgentOptions())
 
     # -- helpers used by phones (pjsua2 thread only) -------------------------------------------
 
     def _new_account(self, cfg: Any, owner: _PhoneBase) -> Any:
+        if len(self._accounts) >= MAX_ACCOUNTS:
+            # pjsua would assert (and abort the whole process) on one account too many.
+            raise SipPhoneError(f"all {MAX_ACCOUNTS} pjsua account slots are in use")
         account = _Account(self, owner)
         account.create(cfg)
         self._accounts.append(account)
