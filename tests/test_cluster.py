@@ -44,7 +44,7 @@ def cluster() -> Iterator[tuple[Cluster, ClusterState]]:
     # Under /tmp with mode 0755: PostgreSQL runs as nobody and must enter the folder.
     folder = Path(tempfile.mkdtemp(prefix="ivr-cluster-"))
     folder.chmod(0o755)
-    # One agent per region: pjsua2 holds at most 8 accounts (4 agents + 4 callers at once).
+    # One agent per region: four agents and four callers at once keep the pjsua2 accounts few.
     settings = Settings(asterisk={"agents_per_region": 1, "supervisors": 0},
                         routing={"rules_file": RULES})
     launcher = Cluster(folder, settings, controller_env={
