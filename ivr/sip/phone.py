@@ -30,8 +30,10 @@ from ivr.errors import SipPhoneError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# PJSUA_MAX_ACC of our build (scripts/build_pjsua2); going past it aborts the process.
-MAX_ACCOUNTS = 32
+# PJSUA_MAX_ACC of our build (scripts/build_pjsua2) is 32, and going past it aborts the
+# process; pjsua holds slots of its own besides our accounts (a full run reached its limit with
+# 31 of ours), so we stop two short of it.
+MAX_ACCOUNTS = 30
 
 try:  # pjsua2 is built from source by scripts/build_pjsua2; callers handle its absence.
     import pjsua2 as pj
